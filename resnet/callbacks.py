@@ -1,0 +1,123 @@
+"""Keras callbacks: progress lines, throughput, divergence, mid-epoch checkpoints.
+
+chief_callbacks() is the one place that decides what only rank 0 does during fit.
+"""
+
+import math
+import time
+from typing import Callable, List, Optional
+
+import tensorflow as tf
+from absl import logging
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or Inf."""
+
+
+class StopOnNonFinite(tf.keras.callbacks.Callback):
+    """Stop at the first non-finite loss, before a checkpoint can save the damage. Every rank
+    checks its own (allreduced, hence identical) weights, so all stop at the same step."""
+
+    def __init__(self, epoch_getter: Callable[[], int]):
+        super().__init__()
+        self._epoch = epoch_getter
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise Diverged(f"loss is {loss} at epoch {self._epoch() + 1}, step {batch + 1}")
+
+
+class Throughput(tf.keras.callbacks.Callback):
+    """Training images/s over all ranks, leaving out the first steps of each fit (tracing,
+    oneDNN primitive creation). Steps are in lock-step across ranks (allreduce), so rank 0's
+    clock measures the job."""
+
+    WARMUP_STEPS = 3
+
+    def __init__(self, global_batch_size: int):
+        super().__init__()
+        self.global_batch_size = global_batch_size
+        self.steps = 0
+        self.seconds = 0.0
+        self._seen = 0
+        self._t = None
+
+    def on_train_begin(self, logs=None):
+        self._seen = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._seen += 1
+        if self._seen > self.WARMUP_STEPS:
+            self.steps += 1
+            self.seconds += time.perf_counter() - self._t
+
+    @property
+    def images_per_second(self) -> Optional[float]:
+        if not self.steps:
+            return None
+        return self.steps * self.global_batch_size / self.seconds
+
+
+class ProgressLog(tf.keras.callbacks.Callback):
+    """One line every N steps: readable in a Slurm log, unlike a progress bar."""
+
+    def __init__(self, every: int, steps_per_epoch: int, epochs: int, global_batch_size: int,
+                 epoch_getter: Callable[[], int], skip_steps: Callable[[], int]):
+        super().__init__()
+        self.every, self.steps_per_epoch, self.epochs = every, steps_per_epoch, epochs
+        self.global_batch_size = global_batch_size
+        self._epoch, self._skip = epoch_getter, skip_steps
+        self._t = time.perf_counter()
+        self._since = 0
+
+    def on_train_begin(self, logs=None):
+        self._t, self._since = time.perf_counter(), 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        self._since += 1
+        step = batch + 1 + self._skip()
+        if step % self.every and step != self.steps_per_epoch:
+            return
+        now = time.perf_counter()
+        rate = self._since * self.global_batch_size / max(now - self._t, 1e-9)
+        self._t, self._since = now, 0
+        lr = self.model.optimizer.learning_rate
+        if callable(lr):
+            lr = lr(self.model.optimizer.iterations)
+        logging.info("epoch %d/%d step %d/%d  loss %.4f  accuracy %.4f  lr %.5f  %.1f images/s",
+                     self._epoch() + 1, self.epochs, step, self.steps_per_epoch,
+                     logs.get("loss", float("nan")), logs.get("accuracy", float("nan")),
+                     float(lr), rate)
+
+
+class StepCheckpoint(tf.keras.callbacks.Callback):
+    """Checkpoint every N steps inside an epoch (for long epochs on pre-emptible nodes)."""
+
+    def __init__(self, every: int, save: Callable[[int], None], skip_steps: Callable[[], int],
+                 steps_per_epoch: int):
+        super().__init__()
+        self.every, self._save, self._skip = every, save, skip_steps
+        self.steps_per_epoch = steps_per_epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = batch + 1 + self._skip()
+        if step % self.every == 0 and step < self.steps_per_epoch:
+            self._save(step)
+
+
+def chief_callbacks(is_chief: bool, progress: ProgressLog, throughput: Throughput,
+                    tensorboard_dir: str, step_checkpoint: Optional[StepCheckpoint]) -> List:
+    """What only rank 0 runs during fit: logging, TensorBoard, timing and step checkpoints."""
+    if not is_chief:
+        return []
+    cbs: List = [throughput, progress,
+                 tf.keras.callbacks.TensorBoard(tensorboard_dir, profile_batch=0)]
+    if step_checkpoint is not None:
+        cbs.append(step_checkpoint)
+    return cbs

@@ -1,0 +1,107 @@
+"""The run's configuration: one frozen dataclass built from flags at the edge, checked once.
+
+Nothing in resnet/ reads absl FLAGS; train_dist.py turns them into a Config and passes it down.
+Values that depend on the number of ranks (global batch, scaled learning rate, steps) live in
+resnet.schedule.Plan, computed once the world size is known.
+"""
+
+import dataclasses
+import os
+from typing import Optional
+
+from resnet.errors import UsageError
+
+PRECISIONS = ("fp32", "bf16")
+DATASETS = ("cifar10", "synthetic")
+
+# --debug: a first run on a laptop in a minute or two.
+DEBUG_TRAIN_EXAMPLES = 256
+DEBUG_TEST_EXAMPLES = 128
+DEBUG_BATCH_SIZE = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model_dir: str = "/tmp/resnet_cifar10"
+    data_dir: Optional[str] = None  # None: $CIFAR10_DIR, then ~/.keras/datasets
+    dataset: str = "cifar10"
+    download: bool = False
+    download_url: Optional[str] = None  # a mirror of the official archive (same MD5)
+    max_train_examples: Optional[int] = None
+    max_test_examples: Optional[int] = None
+    weights: str = "imagenet"  # 'imagenet', 'none' or a path to an .h5
+    image_size: int = 64  # pixels fed to ResNet50; the 32x32 images are resized inside the model
+    precision: str = "fp32"
+    batch_size: int = 64  # per rank
+    epochs: int = 2
+    freeze_epochs: int = 0  # head-only epochs before the whole network trains
+    learning_rate: float = 0.01  # for one rank's batch; multiplied by the number of ranks
+    warmup_epochs: float = 0.2  # linear warmup to the scaled rate, then cosine decay to 0
+    momentum: float = 0.9
+    label_smoothing: float = 0.0
+    seed: int = 0
+    eval_only: bool = False
+    debug: bool = False
+    log_every_steps: int = 50
+    keep_checkpoints: int = 3
+    checkpoint_every_steps: int = 0  # 0: at the end of every epoch only
+    intra_op_threads: int = 0  # 0: from the launch plan ($OMP_NUM_THREADS) or this rank's CPUs
+    inter_op_threads: int = 0  # 0: from $TF_NUM_INTEROP_THREADS, else 1
+
+    def __post_init__(self):
+        _check(self)
+
+    def effective(self) -> "Config":
+        """The config actually run: --debug shrinks data and batch."""
+        if not self.debug:
+            return self
+        return dataclasses.replace(
+            self,
+            max_train_examples=min(self.max_train_examples or DEBUG_TRAIN_EXAMPLES,
+                                   DEBUG_TRAIN_EXAMPLES),
+            max_test_examples=min(self.max_test_examples or DEBUG_TEST_EXAMPLES,
+                                  DEBUG_TEST_EXAMPLES),
+            batch_size=min(self.batch_size, DEBUG_BATCH_SIZE),
+            log_every_steps=1)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check(c: Config) -> None:
+    def positive(name, value):
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name}={value}: must be a positive number")
+
+    positive("batch_size", c.batch_size)
+    positive("learning_rate", c.learning_rate)
+    positive("log_every_steps", c.log_every_steps)
+    positive("keep_checkpoints", c.keep_checkpoints)
+    positive("max_train_examples", c.max_train_examples)
+    positive("max_test_examples", c.max_test_examples)
+    for name in ("epochs", "freeze_epochs", "warmup_epochs", "label_smoothing",
+                 "checkpoint_every_steps", "intra_op_threads", "inter_op_threads", "momentum"):
+        if getattr(c, name) < 0:
+            raise UsageError(f"--{name}={getattr(c, name)}: must not be negative")
+    if c.epochs == 0 and not c.eval_only:
+        raise UsageError("--epochs=0: nothing to train; give at least 1, or use --eval_only")
+    if c.freeze_epochs > c.epochs:
+        raise UsageError(f"--freeze_epochs={c.freeze_epochs} is more than --epochs={c.epochs}")
+    if c.label_smoothing >= 1:
+        raise UsageError(f"--label_smoothing={c.label_smoothing}: must be below 1")
+    if c.precision not in PRECISIONS:
+        raise UsageError(f"--precision={c.precision}: use one of {', '.join(PRECISIONS)}")
+    if c.dataset not in DATASETS:
+        raise UsageError(f"--dataset={c.dataset}: use one of {', '.join(DATASETS)}")
+    if c.image_size < 32:
+        raise UsageError(f"--image_size={c.image_size}: ResNet50 needs at least 32 pixels "
+                         "(the 32x32 images are resized up to it)")
+    if c.image_size > 512:
+        raise UsageError(f"--image_size={c.image_size}: above 512 pixels a 32x32 image gains "
+                         "nothing and a CPU step takes minutes; use 32 to 224")
+    if c.weights not in ("imagenet", "none") and not os.path.isfile(c.weights):
+        raise UsageError(f"--weights={c.weights}: no such file; pass the ResNet50 no-top .h5, "
+                         "'imagenet' (Keras downloads it) or 'none'")
+    if os.path.exists(c.model_dir) and not os.path.isdir(c.model_dir):
+        raise UsageError(f"--model_dir={c.model_dir}: is a file; give a folder for checkpoints "
+                         "and results")

@@ -1,0 +1,41 @@
+"""Exact test metrics over sharded data: every rank scores its shard, the counts are summed.
+
+Accuracy, per-class accuracy and the confusion matrix come from integer counts, so they are the
+same for 1, 2 or 4 ranks on the same weights; padding examples (weight 0) are left out.
+"""
+
+from typing import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from resnet import pipeline, sharding
+from resnet.cifar import Split
+
+
+def evaluate(model: tf.keras.Model, split: Split, rank: int, world_size: int, batch_size: int,
+             class_names: Sequence[str], allreduce_sum: Callable[[np.ndarray], np.ndarray]) -> dict:
+    num_classes = len(class_names)
+    shard = sharding.eval_shard(len(split), rank, world_size, batch_size)
+    predict = tf.function(lambda x: model(x, training=False))
+    confusion = np.zeros((num_classes, num_classes), np.float64)
+    loss_sum = 0.0
+    for images, labels, weights in pipeline.eval_dataset(split, shard, batch_size, num_classes):
+        probs = predict(images).numpy().astype(np.float64)
+        real = weights.numpy() > 0
+        truth = np.argmax(labels.numpy(), axis=1)[real]
+        probs = probs[real]
+        np.add.at(confusion, (truth, np.argmax(probs, axis=1)), 1)
+        loss_sum += float(-np.log(np.clip(probs[np.arange(len(truth)), truth], 1e-12, 1)).sum())
+    # Horovod: sum the counts over ranks; every rank gets the totals.
+    total = allreduce_sum(np.concatenate([confusion.ravel(), [loss_sum]]))
+    confusion = np.rint(total[:-1]).astype(np.int64).reshape(num_classes, num_classes)
+    seen = int(confusion.sum())
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    return {
+        "test_accuracy": float(confusion.trace() / max(seen, 1)),
+        "test_loss": float(total[-1] / max(seen, 1)),
+        "test_examples": seen,
+        "per_class_accuracy": {n: float(a) for n, a in zip(class_names, per_class)},
+        "confusion_matrix": confusion.tolist(),
+    }

@@ -1,0 +1,62 @@
+"""The command-line flags, and the one function that turns them into a Config.
+
+Defaults come from Config itself, so a flag and the dataclass cannot drift apart.
+"""
+
+import dataclasses
+
+from absl import flags
+
+from resnet.config import DATASETS, PRECISIONS, Config
+
+_D = Config()  # defaults
+
+
+def define() -> None:
+    f = flags
+    f.DEFINE_string("model_dir", _D.model_dir, "Checkpoints, logs, the trained model and "
+                    "metrics.json. The same --model_dir again resumes.")
+    f.DEFINE_string("data_dir", None, "CIFAR-10: a folder or .tar.gz in the python, binary or "
+                    "image-folder layout. Default: $CIFAR10_DIR, then ~/.keras/datasets.")
+    f.DEFINE_enum("dataset", _D.dataset, DATASETS, "cifar10, or synthetic random images "
+                  "(benchmarks).")
+    f.DEFINE_bool("download", False, "Fetch the official archive (MD5-checked) if not present.")
+    f.DEFINE_string("download_url", None, "A mirror of cifar-10-python.tar.gz (same MD5).")
+    f.DEFINE_integer("max_train_examples", None, "Use a fixed subset of this many training "
+                     "images.")
+    f.DEFINE_integer("max_test_examples", None, "Use a fixed subset of this many test images.")
+    f.DEFINE_string("weights", _D.weights, "'imagenet' (Keras download), 'none', or a path to "
+                    "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5.")
+    f.DEFINE_integer("image_size", _D.image_size, "Pixels fed to ResNet50 (32x32 images are "
+                     "resized up inside the model): more is more accurate and slower.")
+    f.DEFINE_enum("precision", _D.precision, PRECISIONS, "fp32, or bf16 (Keras mixed_bfloat16: "
+                  "AMX/AVX512-BF16 CPUs).")
+    f.DEFINE_integer("batch_size", _D.batch_size, "Per rank; the global batch is this x ranks.")
+    f.DEFINE_integer("epochs", _D.epochs, "Epochs in all, head-only ones included.")
+    f.DEFINE_integer("freeze_epochs", _D.freeze_epochs, "First train only the new head for this "
+                     "many epochs.")
+    f.DEFINE_float("learning_rate", _D.learning_rate, "SGD rate for one rank's batch; scaled by "
+                   "the number of ranks.")
+    f.DEFINE_float("warmup_epochs", _D.warmup_epochs, "Linear warmup to the scaled rate.")
+    f.DEFINE_float("momentum", _D.momentum, "SGD momentum.")
+    f.DEFINE_float("label_smoothing", _D.label_smoothing, "Label smoothing for the training "
+                   "loss.")
+    f.DEFINE_integer("seed", _D.seed, "Head initialisation, data order and augmentation.")
+    f.DEFINE_bool("eval_only", False, "Evaluate the newest checkpoint in --model_dir on the "
+                  "test set, on any number of ranks.")
+    f.DEFINE_bool("debug", False, "A tiny subset, small batches, a log line per step and op "
+                  "placement: a first run on a laptop.")
+    f.DEFINE_integer("log_every_steps", _D.log_every_steps, "Progress line interval.")
+    f.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "Checkpoints to keep.")
+    f.DEFINE_integer("checkpoint_every_steps", _D.checkpoint_every_steps, "Also checkpoint "
+                     "every N steps inside an epoch (0: epoch ends only).")
+    f.DEFINE_integer("intra_op_threads", _D.intra_op_threads, "0: from the launch plan "
+                     "($OMP_NUM_THREADS) or this rank's CPUs.")
+    f.DEFINE_integer("inter_op_threads", _D.inter_op_threads, "0: $TF_NUM_INTEROP_THREADS "
+                     "or 1.")
+
+
+def to_config(values) -> Config:
+    """Config from parsed flags (absl FLAGS or any object with the same attributes)."""
+    return Config(**{field.name: getattr(values, field.name)
+                     for field in dataclasses.fields(Config)})

@@ -1,0 +1,79 @@
+"""ResNet50 from tf.keras.applications with a new 10-class head.
+
+The model takes raw RGB pixels (0..255, any of uint8/float) at 32x32 and does its own preprocessing,
+so the saved model, the predict command and training all agree on it:
+  resize to --image_size  ->  caffe preprocessing (RGB->BGR, minus the ImageNet mean)  ->  ResNet50
+The caffe step is a frozen 1x1 convolution (a channel permutation plus a bias) rather than a Lambda,
+so the saved model holds only built-in layers and plain tf.keras.models.load_model opens it.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from resnet.errors import UsageError
+
+IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications.resnet50.preprocess_input
+MIN_IMAGE_SIZE = 32  # ResNet50 downsamples 32x: smaller inputs leave nothing to pool
+
+
+def set_precision(precision: str) -> None:
+    """bf16 runs convolutions and matmuls in bfloat16 (AMX on Sapphire Rapids), variables in fp32."""
+    tf.keras.mixed_precision.set_global_policy(
+        "mixed_bfloat16" if precision == "bf16" else "float32")
+
+
+def _caffe_preprocess() -> tf.keras.layers.Layer:
+    # out[..., c] = in[..., 2 - c] - mean_bgr[c]: BGR order, zero-centred, no scaling.
+    kernel = np.zeros((1, 1, 3, 3), np.float32)
+    for c in range(3):
+        kernel[0, 0, 2 - c, c] = 1.0
+    bias = -np.asarray(IMAGENET_BGR_MEAN, np.float32)
+    return tf.keras.layers.Conv2D(
+        3, 1, name="caffe_preprocess", trainable=False, dtype="float32",
+        kernel_initializer=tf.keras.initializers.Constant(kernel),
+        bias_initializer=tf.keras.initializers.Constant(bias))
+
+
+def _resolve_weights(weights: str):
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"  # Keras downloads and caches it in ~/.keras/models
+    if not os.path.isfile(weights):
+        raise UsageError(f"--weights {weights}: no such file; pass an .h5 of ResNet50 ImageNet "
+                         "weights without the top, 'imagenet' (download) or 'none'")
+    return weights
+
+
+def build(num_classes: int, image_size: int, weights: str, seed: int) -> tf.keras.Model:
+    """The fine-tune model; `backbone` is the ResNet50 layer, for freezing."""
+    if image_size < MIN_IMAGE_SIZE:
+        raise UsageError(f"--image_size {image_size}: ResNet50 needs at least {MIN_IMAGE_SIZE} "
+                         "pixels")
+    tf.keras.utils.set_random_seed(seed)  # the same head on every rank before the broadcast
+    inputs = tf.keras.Input((32, 32, 3), name="image")
+    x = tf.keras.layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)
+    x = _caffe_preprocess()(x)
+    if image_size != 32:
+        x = tf.keras.layers.Resizing(image_size, image_size, dtype="float32", name="resize")(x)
+    try:
+        backbone = tf.keras.applications.ResNet50(
+            include_top=False, weights=_resolve_weights(weights),
+            input_shape=(image_size, image_size, 3), pooling="avg")
+    except ValueError as e:  # Keras: layer count or shape mismatch between file and model
+        raise UsageError(f"--weights {weights}: does not fit ResNet50 without its top ({e}); use "
+                         "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5") from e
+    except OSError as e:  # not an HDF5 file, truncated, or no network for 'imagenet'
+        raise UsageError(f"--weights {weights}: cannot load ({e}). For 'imagenet' offline, pass "
+                         "the .h5 file by path") from e
+    x = backbone(x)
+    logits = tf.keras.layers.Dense(num_classes, name="logits")(x)
+    # Keep the softmax in float32 under mixed_bfloat16: bf16 probabilities lose the small ones.
+    outputs = tf.keras.layers.Activation("softmax", dtype="float32", name="probs")(logits)
+    return tf.keras.Model(inputs, outputs, name="resnet50_cifar10")
+
+
+def backbone(model: tf.keras.Model) -> tf.keras.Model:
+    return model.get_layer("resnet50")

@@ -1,0 +1,284 @@
+"""train_and_evaluate(config): the whole job for one rank, start to metrics.json.
+
+Flow: start Horovod and threads -> the chief checks --model_dir -> load and shard data -> build the
+model -> agree on the checkpoint to resume from -> for each phase (head only, then the whole
+network): compile, restore, broadcast, fit epoch by epoch, evaluate, checkpoint -> save the model
+and the metrics. Every rank runs this; rank-0-only work is gated by world.is_chief in the few
+places it appears (chief_callbacks, _chief_*), never by scattered rank checks.
+"""
+
+import dataclasses
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from typing import List, Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from resnet import callbacks as cb
+from resnet import checkpoints, cifar, evaluate, locate, pipeline, report, runtime, sharding
+from resnet import model as model_lib
+from resnet.config import Config
+from resnet.errors import UsageError
+from resnet.schedule import Plan, learning_rate
+
+MODEL_FILE = "model.keras"
+CLASS_NAMES_FILE = "class_names.json"
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where training stands; what a checkpoint's state.json records."""
+    epoch: int = 0
+    step: int = 0
+    history: list = dataclasses.field(default_factory=list)
+
+
+# --- Start-up ---------------------------------------------------------------------------------
+
+def _check_model_dir(model_dir: str) -> None:
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=model_dir, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"--model_dir={model_dir}: not writable ({e.strerror}); give a folder "
+                         "this job can write") from e
+
+
+def load_data(config: Config, world: runtime.World):
+    """(train, test) Splits. Every rank reads the data itself: it must be on every node."""
+    if config.dataset == "synthetic":
+        return pipeline.synthetic(config.max_train_examples or 50_000,
+                                  config.max_test_examples or 10_000, seed=config.seed)
+    if config.download:
+        dest = config.data_dir or locate.default_download_dir()
+        url = config.download_url or locate.OFFICIAL_URL
+        # Rank 0 downloads once; the others wait and read the same file.
+        path = runtime.chief_decides(world, lambda: locate.download(dest, url))
+    else:
+        path = locate.find(config.data_dir)
+    data = cifar.load(path, config.max_train_examples, config.max_test_examples)
+    if len(data.train) < world.size:
+        raise UsageError(f"{len(data.train)} training examples cannot be shared by {world.size} "
+                         "ranks; raise --max_train_examples or use fewer ranks")
+    if world.is_chief:
+        logging.info("data: %s layout from %s: %d train, %d test images", data.layout, path,
+                     len(data.train), len(data.test))
+    return data.train, data.test
+
+
+# --- Model, optimizer, restore ----------------------------------------------------------------
+
+def _phases(config: Config):
+    """(name, first epoch, end epoch) of each fine-tune phase."""
+    phases = []
+    if config.freeze_epochs:
+        phases.append(("head", 0, config.freeze_epochs))
+    phases.append(("full", config.freeze_epochs, config.epochs))
+    return phases
+
+
+def _compile(model: tf.keras.Model, config: Config, plan: Plan, phase: str, first_epoch: int):
+    import horovod.tensorflow.keras as hvd
+    model_lib.backbone(model).trainable = phase == "full"
+    # The schedule continues across phases: a later phase's optimizer starts at its first step.
+    optimizer = tf.keras.optimizers.SGD(learning_rate(plan, first_epoch * plan.steps_per_epoch),
+                                        momentum=config.momentum)
+    # Horovod: average gradients over ranks with allreduce before they are applied.
+    optimizer = hvd.DistributedOptimizer(optimizer)
+    model.compile(
+        optimizer=optimizer,
+        loss=tf.keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        weighted_metrics=[tf.keras.metrics.CategoricalAccuracy(name="accuracy")])
+    optimizer.build(model.trainable_variables)  # slots exist before restore and broadcast
+    return optimizer
+
+
+def _broadcast(model: tf.keras.Model, optimizer) -> None:
+    import horovod.tensorflow as hvd
+    # Horovod: every rank starts from rank 0's weights and optimizer state (random head, or the
+    # checkpoint that rank 0 alone may have read).
+    hvd.broadcast_variables(model.variables, root_rank=0)
+    hvd.broadcast_variables(optimizer.variables, root_rank=0)
+
+
+def _trackables(model, optimizer=None, phase: Optional[str] = None) -> dict:
+    t = {"model": model}
+    if optimizer is not None:
+        t[f"optimizer_{phase}"] = optimizer  # per phase: each phase has its own optimizer
+    return t
+
+
+# --- Training ---------------------------------------------------------------------------------
+
+def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
+           resume: Optional[str], class_names) -> tuple:
+    import horovod.tensorflow.keras as hvd
+    progress = Progress()
+    state = checkpoints.read_state(resume) if resume else None
+    if state:
+        progress = Progress(state.epoch, state.step, list(state.history))
+        if world.is_chief:
+            logging.info("resuming from %s: epoch %d, step %d", resume, state.epoch + 1,
+                         state.step)
+    throughput = cb.Throughput(plan.global_batch_size)
+    test_metrics = None  # stays None when the checkpoint already holds every epoch
+    for phase, first, end in _phases(config):
+        if progress.epoch >= end:
+            continue
+        optimizer = _compile(model, config, plan, phase, first)
+        if resume and world.is_chief:
+            same_phase = state.phase == phase
+            checkpoints.restore(resume, _trackables(model, optimizer if same_phase else None,
+                                                    phase))
+        resume = None  # restored once, at the first phase that runs
+        _broadcast(model, optimizer)
+
+        def save(step, epoch_done=None):
+            if not world.is_chief:
+                return
+            epoch = progress.epoch if epoch_done is None else epoch_done
+            st = checkpoints.State(epoch=epoch, step=step, phase=phase,
+                                   config=config.to_dict(), history=progress.history)
+            checkpoints.save(config.model_dir, _trackables(model, optimizer, phase), st,
+                             config.keep_checkpoints)
+
+        step_ckpt = (cb.StepCheckpoint(config.checkpoint_every_steps, save,
+                                       lambda: progress.step, plan.steps_per_epoch)
+                     if config.checkpoint_every_steps else None)
+        progress_log = cb.ProgressLog(config.log_every_steps, plan.steps_per_epoch, config.epochs,
+                                      plan.global_batch_size, lambda: progress.epoch,
+                                      lambda: progress.step)
+        fit_callbacks = [
+            # Horovod: average the epoch's metrics over ranks, before anything logs them.
+            hvd.callbacks.MetricAverageCallback(),
+            cb.StopOnNonFinite(lambda: progress.epoch),
+        ] + cb.chief_callbacks(world.is_chief, progress_log, throughput,
+                               os.path.join(config.model_dir, "logs"), step_ckpt)
+        for epoch in range(max(progress.epoch, first), end):
+            progress.epoch = epoch
+            shard = sharding.train_shard(len(train), config.seed, epoch, world.rank, world.size,
+                                         config.batch_size)
+            ds = pipeline.train_dataset(train, shard, config.batch_size, config.seed, epoch,
+                                        skip_steps=progress.step)
+            fit = model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+                            steps_per_epoch=plan.steps_per_epoch - progress.step,
+                            callbacks=fit_callbacks)
+            test_metrics = _evaluate(model, test, world, config, class_names)
+            record = {"epoch": epoch + 1, "phase": phase,
+                      "train_loss": float(fit.history["loss"][-1]),
+                      "train_accuracy": float(fit.history["accuracy"][-1]),
+                      "test_loss": test_metrics["test_loss"],
+                      "test_accuracy": test_metrics["test_accuracy"]}
+            progress.history.append(record)
+            progress.step = 0
+            if world.is_chief:
+                logging.info("epoch %d/%d done: train loss %.4f accuracy %.4f, test loss %.4f "
+                             "accuracy %.4f", epoch + 1, config.epochs, record["train_loss"],
+                             record["train_accuracy"], record["test_loss"],
+                             record["test_accuracy"])
+            save(0, epoch_done=epoch + 1)
+        progress.epoch = end
+    return progress, throughput, test_metrics
+
+
+def _evaluate(model, test, world, config, class_names) -> dict:
+    import horovod.tensorflow.keras as hvd
+
+    def allreduce_sum(values: np.ndarray) -> np.ndarray:
+        return hvd.allreduce(tf.constant(values, tf.float64), op=hvd.Sum,
+                             name="eval_counts").numpy()
+    return evaluate.evaluate(model, test, world.rank, world.size, config.batch_size, class_names,
+                             allreduce_sum)
+
+
+# --- Results ----------------------------------------------------------------------------------
+
+def _versions() -> dict:
+    import horovod
+    return {"tensorflow": tf.__version__, "horovod": horovod.__version__,
+            "python": platform.python_version(), "numpy": np.__version__}
+
+
+def _chief_save_model(config: Config, model, class_names) -> None:
+    tmp = os.path.join(config.model_dir, ".tmp-" + MODEL_FILE)
+    model.save(tmp)
+    os.replace(tmp, os.path.join(config.model_dir, MODEL_FILE))
+    checkpoints.write_json_atomic(os.path.join(config.model_dir, CLASS_NAMES_FILE),
+                                  list(class_names))
+
+
+def _metrics(config, world, test_metrics, history, extra) -> dict:
+    return {**test_metrics, "history": history, "world_size": world.size,
+            "global_batch_size": config.batch_size * world.size, "flags": config.to_dict(),
+            "versions": _versions(), "command": " ".join(sys.argv), **extra}
+
+
+def run(config: Config) -> dict:
+    """Train (or with --eval_only, evaluate) and return the metrics; rank 0 writes them."""
+    config = config.effective()
+    world = runtime.start(config.intra_op_threads, config.inter_op_threads)
+    if config.debug:
+        tf.debugging.set_log_device_placement(True)
+    runtime.chief_decides(world, lambda: _check_model_dir(config.model_dir))
+    model_lib.set_precision(config.precision)
+    class_names = cifar.CLASS_NAMES
+    train, test = load_data(config, world)
+    resume = runtime.chief_decides(world, lambda: checkpoints.latest(config.model_dir))
+    if config.eval_only:
+        return _eval_only(config, world, test, resume, class_names)
+
+    plan = Plan(config, world.size, len(train))
+    if world.is_chief:
+        logging.info("%d rank(s) x batch %d = global batch %d; %d steps/epoch; lr %.4g -> %.4g "
+                     "over %d warmup steps, cosine to 0 at step %d; %s, %dpx",
+                     world.size, config.batch_size, plan.global_batch_size, plan.steps_per_epoch,
+                     config.learning_rate, plan.peak_learning_rate, plan.warmup_steps,
+                     plan.total_steps, config.precision, config.image_size)
+    model = model_lib.build(len(class_names), config.image_size, config.weights, config.seed)
+    started = time.time()
+    progress, throughput, test_metrics = _train(config, world, plan, model, train, test, resume,
+                                                class_names)
+    if test_metrics is None:  # already trained to --epochs: evaluate what the checkpoint holds
+        test_metrics = _evaluate(model, test, world, config, class_names)
+    metrics = _metrics(config, world, test_metrics, progress.history, {
+        "images_per_second": throughput.images_per_second,
+        "train_minutes": (time.time() - started) / 60,
+        "num_train_examples": len(train), "steps_per_epoch": plan.steps_per_epoch,
+        "mode": "train"})
+    if world.is_chief:
+        _chief_save_model(config, model, class_names)
+        path = report.write(config.model_dir, metrics, class_names)
+        logging.info("test accuracy %.4f on %d images; wrote %s", metrics["test_accuracy"],
+                     metrics["test_examples"], path)
+    return metrics
+
+
+def _eval_only(config: Config, world, test, resume, class_names) -> dict:
+    if resume is None:
+        raise UsageError(f"--eval_only: no checkpoint in {checkpoints.directory(config.model_dir)}"
+                         "; train first with the same --model_dir")
+    state = checkpoints.read_state(resume)
+    # The checkpoint decides the architecture: build with the image size it was trained at.
+    image_size = state.config["image_size"]
+    model = model_lib.build(len(class_names), image_size, "none", config.seed)
+    if world.is_chief:
+        checkpoints.restore(resume, _trackables(model))
+    import horovod.tensorflow as hvd
+    # Horovod: rank 0 read the checkpoint; everyone evaluates the same weights.
+    hvd.broadcast_variables(model.variables, root_rank=0)
+    test_metrics = _evaluate(model, test, world, config, class_names)
+    metrics = _metrics(config, world, test_metrics, state.history, {
+        "mode": "eval_only", "checkpoint": resume, "image_size": image_size,
+        "images_per_second": None})
+    if world.is_chief:
+        report.write(config.model_dir, metrics, class_names)
+        logging.info("eval_only: test accuracy %.4f on %d images (checkpoint %s)",
+                     metrics["test_accuracy"], metrics["test_examples"], resume)
+    return metrics

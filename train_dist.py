@@ -1,0 +1,37 @@
+"""Fine-tune ImageNet ResNet50 on CIFAR-10 across Horovod ranks on CPUs.
+
+  python train_dist.py --data_dir=../shared/data/cifar-10-images.tar.gz   # one process (debug)
+  horovodrun -np 4 python train_dist.py --data_dir=...                  # one node, 4 ranks
+  mpirun -np 4 --map-by ppr:2:socket:pe=14 python train_dist.py ...      # see launch/
+  sbatch launch/slurm_1node.sbatch                                       # Slurm
+
+Kept thin: flags become a frozen Config, resnet.train.run does the work. Bad input exits 2 with
+one line saying what is wrong.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from resnet import flags as resnet_flags
+from resnet.errors import EXIT_USAGE, UsageError
+
+resnet_flags.define()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        config = resnet_flags.to_config(FLAGS)
+        from resnet import train  # TensorFlow loads only once the flags are good
+        train.run(config)
+    except UsageError as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+if __name__ == "__main__":
+    app.run(main)
