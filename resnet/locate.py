@@ -45,6 +45,10 @@ def find(data_dir: Optional[str]) -> str:
     """The path to read CIFAR-10 from: --data_dir if given, else the first place that exists."""
     if data_dir:
         return data_dir
+    env = os.environ.get("CIFAR10_DIR")
+    if env and not os.path.exists(env):
+        raise UsageError(f"$CIFAR10_DIR={env}: no such file or folder; fix the variable, or "
+                         "unset it to use the Keras cache, or pass --data_dir")
     for path in candidates():
         if os.path.exists(path):
             return path

@@ -208,7 +208,9 @@ def _versions() -> dict:
 
 def _chief_save_model(config: Config, model, class_names) -> None:
     tmp = os.path.join(config.model_dir, ".tmp-" + MODEL_FILE)
-    model.save(tmp)
+    # An uncompiled view of the same layers: the file then holds no Horovod optimizer or custom
+    # schedule, and plain tf.keras.models.load_model opens it without this package.
+    tf.keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)
     os.replace(tmp, os.path.join(config.model_dir, MODEL_FILE))
     checkpoints.write_json_atomic(os.path.join(config.model_dir, CLASS_NAMES_FILE),
                                   list(class_names))

@@ -1,0 +1,59 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import cifar_files  # noqa: E402
+
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+SHARED_WEIGHTS = os.path.join(SHARED, "weights",
+                              "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
+SHARED_DATA = os.path.join(SHARED, "data", "cifar-10-images.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def splits():
+    """A tiny CIFAR-10: 8 train and 4 test images per class."""
+    return cifar_files.make_split(8, seed=1), cifar_files.make_split(4, seed=2)
+
+
+@pytest.fixture(scope="session")
+def image_tar(tmp_path_factory, splits):
+    """The tiny CIFAR-10 as an image-folder .tar.gz, like ../shared/data."""
+    root = tmp_path_factory.mktemp("images")
+    cifar_files.write_image_folder(str(root / "tree"), *splits)
+    return cifar_files.make_tar(str(root / "tree"), str(root / "cifar-10-images.tar.gz"),
+                                "cifar-10-images")
+
+
+def job_env(**extra):
+    """Environment for a training subprocess: quiet TF, one thread per rank, no site config."""
+    env = dict(os.environ)
+    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1",
+                "CUDA_VISIBLE_DEVICES": ""})
+    env.update(extra)
+    return env
+
+
+def run_job(args, np_ranks=None, timeout=900, env=None, check=True):
+    """Run train_dist.py for real: plain python, or under horovodrun -np N."""
+    cmd = [sys.executable, os.path.join(ROOT, "train_dist.py")] + list(args)
+    if np_ranks:
+        cmd = horovodrun(np_ranks) + cmd
+    proc = subprocess.run(cmd, cwd=ROOT, env=env or job_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-8000:]}")
+    return proc
+
+
+def horovodrun(np_ranks):
+    hr = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+    # horovodrun itself adds Open MPI's --allow-run-as-root (CI runs as root).
+    return [hr, "-np", str(np_ranks), "-H", f"localhost:{np_ranks}"]

@@ -1,0 +1,66 @@
+"""Flags become a Config; nonsense is refused with the flag's name, through the real command."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, job_env
+from resnet.config import Config
+from resnet.errors import UsageError
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size=0), "--batch_size=0: must be a positive number"),
+    (dict(epochs=-1), "--epochs=-1: must not be negative"),
+    (dict(epochs=0), "--epochs=0: nothing to train"),
+    (dict(precision="fp8"), "--precision=fp8: use one of fp32, bf16"),
+    (dict(image_size=16), "--image_size=16: ResNet50 needs at least 32"),
+    (dict(image_size=4096), "--image_size=4096: above 512"),
+    (dict(freeze_epochs=3, epochs=2), "--freeze_epochs=3 is more than --epochs=2"),
+    (dict(weights="/no/such.h5"), "--weights=/no/such.h5: no such file"),
+    (dict(learning_rate=-0.1), "--learning_rate=-0.1"),
+    (dict(label_smoothing=1.0), "--label_smoothing=1.0: must be below 1"),
+])
+def test_bad_values_refused(kwargs, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Config(**kwargs)
+
+
+def test_model_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        Config(model_dir=str(f), weights="none")
+
+
+def test_debug_shrinks_the_run():
+    c = Config(debug=True, weights="none", batch_size=256).effective()
+    assert (c.max_train_examples, c.max_test_examples, c.batch_size) == (256, 128, 32)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch_size=0"], "--batch_size=0: must be a positive number"),
+    (["--precision=fp16"], "precision"),
+    (["--epochs=-2"], "--epochs=-2: must not be negative"),
+    (["stray"], "unexpected arguments: stray"),
+])
+def test_command_line_refusals_exit_nonzero(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "train_dist.py", "--weights=none",
+                           f"--model_dir={tmp_path}/m"] + args, cwd=ROOT, env=job_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not (tmp_path / "m").exists()  # refused before anything was written
+
+
+def test_unwritable_model_dir(tmp_path, image_tar):
+    # CI runs as root, which ignores permission bits: make the model_dir's parent a file.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    target = str(blocker / "model")
+    proc = subprocess.run([sys.executable, "train_dist.py", "--weights=none",
+                           f"--data_dir={image_tar}", f"--model_dir={target}"], cwd=ROOT,
+                          env=job_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"--model_dir={target}: not writable" in proc.stderr
