@@ -30,19 +30,18 @@ class StopOnNonFinite(tf.keras.callbacks.Callback):
 
 
 class Throughput(tf.keras.callbacks.Callback):
-    """Training images/s over all ranks, leaving out the first steps of each fit (tracing,
-    oneDNN primitive creation). Steps are in lock-step across ranks (allreduce), so rank 0's
-    clock measures the job."""
+    """Training images/s over all ranks. The first steps of each fit (tracing, oneDNN primitive
+    creation) are left out when there are enough others. Steps are in lock-step across ranks
+    (allreduce), so rank 0's clock measures the job."""
 
     WARMUP_STEPS = 3
 
     def __init__(self, global_batch_size: int):
         super().__init__()
         self.global_batch_size = global_batch_size
-        self.steps = 0
-        self.seconds = 0.0
+        self.warm, self.cold = [], []  # step seconds after and during each fit's warm-up
         self._seen = 0
-        self._t = None
+        self._t = 0.0
 
     def on_train_begin(self, logs=None):
         self._seen = 0
@@ -52,15 +51,13 @@ class Throughput(tf.keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._seen += 1
-        if self._seen > self.WARMUP_STEPS:
-            self.steps += 1
-            self.seconds += time.perf_counter() - self._t
+        (self.warm if self._seen > self.WARMUP_STEPS else self.cold).append(
+            time.perf_counter() - self._t)
 
     @property
     def images_per_second(self) -> Optional[float]:
-        if not self.steps:
-            return None
-        return self.steps * self.global_batch_size / self.seconds
+        steps = self.warm or self.cold
+        return len(steps) * self.global_batch_size / sum(steps) if steps else None
 
 
 class ProgressLog(tf.keras.callbacks.Callback):

@@ -1,0 +1,61 @@
+"""The job under a real horovodrun with 2 ranks: sharding, training, and exact evaluation."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, SHARED_WEIGHTS, horovodrun, job_env, run_job
+
+
+def test_shards_under_real_ranks(tmp_path):
+    out = tmp_path / "shards.json"
+    subprocess.run(horovodrun(2) + [sys.executable, os.path.join(ROOT, "tests",
+                                                               "dist_shard_check.py"),
+                                    "101", "8", str(out)],
+                   cwd=ROOT, env=job_env(), check=True, timeout=300, capture_output=True)
+    reports = sorted(json.loads(out.read_text()), key=lambda r: r["rank"])
+    assert [(r["rank"], r["size"]) for r in reports] == [(0, 2), (1, 2)]
+    for epoch in ("0", "1"):
+        a, b = (set(r["real"][epoch]) for r in reports)
+        assert not a & b  # disjoint
+        assert a | b == set(range(101))  # complete
+        assert reports[0]["slots"][epoch] == reports[1]["slots"][epoch]  # same steps
+    assert reports[0]["real"]["0"] != reports[0]["real"]["1"]  # reshuffled
+
+
+def _weights():
+    return SHARED_WEIGHTS if os.path.exists(SHARED_WEIGHTS) else "none"
+
+
+def test_two_ranks_train_then_identical_eval_on_1_and_2_ranks(tmp_path, image_tar):
+    model_dir = str(tmp_path / "m")
+    common = [f"--data_dir={image_tar}", f"--model_dir={model_dir}", "--image_size=32",
+              "--batch_size=8", "--log_every_steps=1"]
+    run_job(common + [f"--weights={_weights()}", "--epochs=1", "--learning_rate=0.001"],
+            np_ranks=2)
+    trained = json.load(open(os.path.join(model_dir, "metrics.json")))
+    assert trained["world_size"] == 2 and trained["global_batch_size"] == 16
+    assert trained["steps_per_epoch"] == 5  # ceil(80 / 16)
+    assert trained["test_examples"] == 40
+    for name in ("training_curves.png", "confusion_matrix.png", "model.keras",
+                 "class_names.json"):
+        assert os.path.exists(os.path.join(model_dir, name)), name
+
+    results = {}
+    for ranks in (1, 2):
+        run_job(common + ["--weights=none", "--eval_only"], np_ranks=ranks if ranks > 1 else None)
+        results[ranks] = json.load(open(os.path.join(model_dir, "metrics.json")))
+        assert results[ranks]["mode"] == "eval_only"
+        assert results[ranks]["world_size"] == ranks
+    one, two = results[1], results[2]
+    # Not a constant classifier, or equality would prove nothing.
+    predicted = [sum(col) for col in zip(*one["confusion_matrix"])]
+    assert sum(1 for c in predicted if c) >= 2, one["confusion_matrix"]
+    assert one["test_accuracy"] == two["test_accuracy"]
+    assert one["confusion_matrix"] == two["confusion_matrix"]
+    assert one["test_loss"] == pytest.approx(two["test_loss"], rel=1e-5)
+    # The final evaluation after training saw the same weights.
+    assert trained["test_accuracy"] == one["test_accuracy"]
