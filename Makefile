@@ -1,0 +1,13 @@
+# The two commands (README): each sets up what is missing first.
+#   make train [NP=2] [ARGS="--epochs=1 ..."]   train on CIFAR-10 with horovodrun
+#   make test                                   the whole test suite
+NP ?= 2
+ARGS ?=
+
+.PHONY: setup train test
+setup:
+	tools/setup.sh
+train:
+	NP=$(NP) tools/train.sh $(ARGS)
+test:
+	tools/test.sh

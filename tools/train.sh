@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# README's run command: set up what is missing, then train on CIFAR-10 with horovodrun.
+#
+# Usage: tools/train.sh [train_dist.py flags...]      (NP=4 tools/train.sh for 4 ranks)
+# Uses ../shared's CIFAR-10 and ImageNet weights where they exist; otherwise downloads both
+# (--download for the data, Keras's own cache for the weights).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+"$root/tools/setup.sh"
+shared="$root/../shared"
+args=()
+if [[ -f "$shared/data/cifar-10-images.tar.gz" ]]; then
+  args+=("--data_dir=$shared/data/cifar-10-images.tar.gz")
+else
+  args+=(--download)
+fi
+weights="$shared/weights/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+if [[ -f "$weights" ]]; then args+=("--weights=$weights"); else args+=(--weights=imagenet); fi
+export PATH="$root/.venv/bin:$PATH"
+exec "$root/launch/horovodrun.sh" -np "${NP:-2}" -- "${args[@]}" "$@"
