@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 
 from resnet import flags as resnet_flags
-from resnet.errors import EXIT_USAGE, UsageError
+from resnet.errors import EXIT_DIVERGED, EXIT_REQUEUE, EXIT_USAGE, UsageError
 
 resnet_flags.define()
 FLAGS = flags.FLAGS
@@ -26,7 +26,17 @@ def main(argv):
     try:
         config = resnet_flags.to_config(FLAGS)
         from resnet import train  # TensorFlow loads only once the flags are good
-        train.run(config)
+        from resnet.callbacks import Diverged, Preempted
+        try:
+            train.run(config)
+        except Preempted as e:  # exit 3: the batch script requeues, the same command resumes
+            logging.warning("%s", e)
+            sys.exit(EXIT_REQUEUE)
+        except Diverged as e:
+            print(f"error: {e}. The last good checkpoint is kept. The learning rate is likely too "
+                  "high for the global batch: lower --learning_rate or raise --warmup_epochs",
+                  file=sys.stderr)
+            sys.exit(EXIT_DIVERGED)
     except UsageError as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)

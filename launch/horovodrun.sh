@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# One node: horovodrun -np N over train_dist.py.
-# Usage: launch/horovodrun.sh [-np N] [-- train_dist.py flags...]
+# One node: horovodrun with one rank per socket (or -np N), each bound to its own cores, with
+# per-rank oneDNN threads from the launch plan (resnet/launch_plan.py).
+#
+# Usage: launch/horovodrun.sh [-np N] [--dry_run] [-- train_dist.py flags...]
+#   launch/horovodrun.sh -np 4 -- --data_dir=/data/cifar-10-batches-py --epochs=2
 set -euo pipefail
-usage() { sed -n '2,3p' "$0" | sed 's/^# //'; }
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-np=2
+source "$root/launch/common.sh"
+plan_args=(--launcher horovodrun)
 while (($#)); do
   case $1 in
-    -np) np=$2; shift 2 ;;
-    -h|--help) usage; exit 0 ;;
+    -np) plan_args+=(--ranks_per_node "$2"); shift 2 ;;
+    --dry_run) plan_args+=(--dry_run); shift ;;
+    -h|--help) usage "$0"; exit 0 ;;
     --) shift; break ;;
     *) break ;;
   esac
 done
-py="$root/.venv/bin/python"
-[[ -x $py ]] || py=python3
-exec horovodrun -np "$np" -H "localhost:$np" "$py" "$root/train_dist.py" "$@"
+exec "$PY" -m resnet.launch_plan "${plan_args[@]}" -- "$@"

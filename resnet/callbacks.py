@@ -118,3 +118,49 @@ def chief_callbacks(is_chief: bool, progress: ProgressLog, throughput: Throughpu
     if step_checkpoint is not None:
         cbs.append(step_checkpoint)
     return cbs
+
+
+class Preempted(RuntimeError):
+    """Stopped by SIGTERM/SIGUSR1 after a checkpoint; the same command resumes."""
+
+
+class StopOnSignal(tf.keras.callbacks.Callback):
+    """SIGTERM or SIGUSR1 (Slurm's pre-emption and time-limit warnings) ask for a stop; the
+    current step finishes and every rank stops after the same step.
+
+    Signals reach ranks at slightly different moments, so a rank that stopped alone would leave
+    the others waiting in the next allreduce forever. Each step therefore allreduces the flag (one
+    float, microseconds against a step of a second) and all ranks stop when any rank was asked.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self, world_size: int):
+        super().__init__()
+        self.world_size = world_size
+        self.requested = None  # the signal's name, once one arrived here
+        self.stopped = False
+        self.steps_done = 0
+
+    def install(self) -> "StopOnSignal":
+        import signal
+        for name in self.SIGNALS:
+            signal.signal(getattr(signal, name), self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        import signal
+        self.requested = signal.Signals(signum).name
+
+    def on_train_begin(self, logs=None):
+        self.steps_done = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps_done += 1
+        flag = 1.0 if self.requested else 0.0
+        if self.world_size > 1:
+            import horovod.tensorflow as hvd
+            flag = float(hvd.allreduce(tf.constant(flag), op=hvd.Max, name="stop_flag"))
+        if flag > 0:
+            self.stopped = True
+            self.model.stop_training = True

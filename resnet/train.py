@@ -128,6 +128,7 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
             logging.info("resuming from %s: epoch %d, step %d", resume, state.epoch + 1,
                          state.step)
     throughput = cb.Throughput(plan.global_batch_size)
+    stop = cb.StopOnSignal(world.size).install()
     test_metrics = None  # stays None when the checkpoint already holds every epoch
     for phase, first, end in _phases(config):
         if progress.epoch >= end:
@@ -159,6 +160,7 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
             # Horovod: average the epoch's metrics over ranks, before anything logs them.
             hvd.callbacks.MetricAverageCallback(),
             cb.StopOnNonFinite(lambda: progress.epoch),
+            stop,
         ] + cb.chief_callbacks(world.is_chief, progress_log, throughput,
                                os.path.join(config.model_dir, "logs"), step_ckpt)
         for epoch in range(max(progress.epoch, first), end):
@@ -170,6 +172,12 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
             fit = model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
                             steps_per_epoch=plan.steps_per_epoch - progress.step,
                             callbacks=fit_callbacks)
+            if stop.stopped and progress.step + stop.steps_done < plan.steps_per_epoch:
+                progress.step += stop.steps_done
+                save(progress.step)  # mid-epoch: the resumed run skips the steps already done
+                raise cb.Preempted(f"{stop.requested or 'another rank was signalled'}: stopped "
+                                   f"at epoch {epoch + 1}, step {progress.step}; checkpoint "
+                                   "written, run the same command to resume")
             test_metrics = _evaluate(model, test, world, config, class_names)
             record = {"epoch": epoch + 1, "phase": phase,
                       "train_loss": float(fit.history["loss"][-1]),
@@ -184,6 +192,10 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
                              record["train_accuracy"], record["test_loss"],
                              record["test_accuracy"])
             save(0, epoch_done=epoch + 1)
+            if stop.stopped:  # the signal came with the epoch's last step: stop here
+                raise cb.Preempted(f"{stop.requested or 'another rank was signalled'}: stopped "
+                                   f"after epoch {epoch + 1}; checkpoint written, run the same "
+                                   "command to resume")
         progress.epoch = end
     return progress, throughput, test_metrics
 
@@ -226,6 +238,9 @@ def run(config: Config) -> dict:
     """Train (or with --eval_only, evaluate) and return the metrics; rank 0 writes them."""
     config = config.effective()
     world = runtime.start(config.intra_op_threads, config.inter_op_threads)
+    placement = runtime.gather_placement(world)
+    if world.is_chief:
+        logging.info("placement:\n%s", runtime.format_placement(placement))
     if config.debug:
         tf.debugging.set_log_device_placement(True)
     runtime.chief_decides(world, lambda: _check_model_dir(config.model_dir))

@@ -40,11 +40,14 @@ def job_env(**extra):
     return env
 
 
-def run_job(args, np_ranks=None, timeout=900, env=None, check=True):
-    """Run train_dist.py for real: plain python, or under horovodrun -np N."""
+def run_job(args, np_ranks=None, timeout=900, env=None, check=True, launch=None):
+    """Run train_dist.py for real: plain python, under horovodrun -np N, or through a launch/
+    script (`launch=["horovodrun.sh", "-np", "2"]`)."""
     cmd = [sys.executable, os.path.join(ROOT, "train_dist.py")] + list(args)
     if np_ranks:
         cmd = horovodrun(np_ranks) + cmd
+    if launch:
+        cmd = [os.path.join(ROOT, "launch", launch[0])] + list(launch[1:]) + ["--"] + list(args)
     proc = subprocess.run(cmd, cwd=ROOT, env=env or job_env(), capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:

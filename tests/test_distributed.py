@@ -26,6 +26,20 @@ def test_shards_under_real_ranks(tmp_path):
     assert reports[0]["real"]["0"] != reports[0]["real"]["1"]  # reshuffled
 
 
+def _placement(log):
+    """Rows of the start-up placement table: rank, host, local, intra, inter, cpus."""
+    rows, inside = [], False
+    for line in log.splitlines():
+        line = line.split("<stderr>:", 1)[-1]
+        if line.startswith("rank  host"):
+            inside = True
+        elif inside and line.strip() and line.split()[0].isdigit():
+            rows.append(line.split())
+        elif inside:
+            break
+    return rows
+
+
 def _weights():
     return SHARED_WEIGHTS if os.path.exists(SHARED_WEIGHTS) else "none"
 
@@ -34,8 +48,13 @@ def test_two_ranks_train_then_identical_eval_on_1_and_2_ranks(tmp_path, image_ta
     model_dir = str(tmp_path / "m")
     common = [f"--data_dir={image_tar}", f"--model_dir={model_dir}", "--image_size=32",
               "--batch_size=8", "--log_every_steps=1"]
-    run_job(common + [f"--weights={_weights()}", "--epochs=1", "--learning_rate=0.001"],
-            np_ranks=2)
+    # Through the launch script: each rank bound to its own core, one thread each.
+    proc = run_job(common + [f"--weights={_weights()}", "--epochs=1", "--learning_rate=0.001"],
+                   launch=["horovodrun.sh", "-np", "2"])
+    table = _placement(proc.stderr)
+    assert [(r[0], r[2], r[3], r[4]) for r in table] == [("0", "0", "1", "1"), ("1", "1", "1", "1")]
+    assert table[0][5] != table[1][5]  # different cores
+    assert "WARNING: ranks" not in proc.stderr
     trained = json.load(open(os.path.join(model_dir, "metrics.json")))
     assert trained["world_size"] == 2 and trained["global_batch_size"] == 16
     assert trained["steps_per_epoch"] == 5  # ceil(80 / 16)
@@ -46,7 +65,10 @@ def test_two_ranks_train_then_identical_eval_on_1_and_2_ranks(tmp_path, image_ta
 
     results = {}
     for ranks in (1, 2):
-        run_job(common + ["--weights=none", "--eval_only"], np_ranks=ranks if ranks > 1 else None)
+        proc = run_job(common + ["--weights=none", "--eval_only"],
+                       np_ranks=ranks if ranks > 1 else None)
+        if ranks == 2:  # plain horovodrun binds nothing: both ranks may run anywhere
+            assert "WARNING: ranks 0 and 1" in proc.stderr and "share CPU(s)" in proc.stderr
         results[ranks] = json.load(open(os.path.join(model_dir, "metrics.json")))
         assert results[ranks]["mode"] == "eval_only"
         assert results[ranks]["world_size"] == ranks

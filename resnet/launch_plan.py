@@ -1,0 +1,270 @@
+"""Launch plans: how many ranks go where, on which cores, with how many threads, and the command.
+
+Pure arithmetic over a Topology, so it is tested for machines we are not on. The shell scripts in
+launch/ only call `python -m resnet.launch_plan ...`, which prints the plan and execs the command
+(or with --dry_run, prints it and stops).
+
+Why the numbers are what they are (Intel's TensorFlow/Horovod CPU recipes, and measurement):
+- Ranks are spread evenly over sockets and bound to whole physical cores, so a rank's threads
+  never leave its socket's memory (NUMA) and never share a core with another rank.
+- intra-op threads = the rank's physical cores: oneDNN's convolutions are compute-bound and a
+  hyper-thread sibling adds nothing to them. With 8+ cores per rank and no hyper-threading, one
+  core is left to Horovod's background thread and tf.data (a stalled allreduce costs more than
+  1/8 of the compute); with hyper-threading the spare sibling threads host them for free.
+- inter-op threads = 1 per socket the rank spans: ResNet50's graph is a chain of large ops; more
+  concurrent ops only split the cores between them.
+- OMP_NUM_THREADS = intra-op threads: OpenMP builds of TensorFlow (Intel's) size their pool from
+  it, and train_dist.py reads it as the intra-op default. KMP_AFFINITY/KMP_BLOCKTIME only matter
+  where Intel's OpenMP runtime is loaded; stock tensorflow-cpu uses Eigen's threads, and there
+  they are left out rather than set to no effect.
+- TF_ENABLE_ONEDNN_OPTS=1: oneDNN's fused CPU kernels (the default on x86 Linux since TF 2.9;
+  set explicitly so an inherited 0 does not silently halve the speed).
+"""
+
+import argparse
+import dataclasses
+import os
+import shlex
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from resnet import topology as topo
+from resnet.errors import EXIT_USAGE, UsageError
+
+LAUNCHERS = ("horovodrun", "mpirun", "srun", "intel-mpirun")
+SPARE_CORE_FROM = 8  # cores per rank from which one is left to Horovod and tf.data (no HT)
+
+
+@dataclasses.dataclass(frozen=True)
+class RankSlot:
+    local_rank: int
+    sockets: Tuple[int, ...]
+    cores: Tuple[int, ...]  # node-wide physical core numbers: socket * cores_per_socket + i
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    topology: topo.Topology
+    nodes: int
+    ranks_per_node: int
+    cores_per_rank: int
+    sockets_per_rank: int  # > 1 when fewer ranks than sockets
+    ranks_per_socket: int  # 0 when a rank spans several sockets
+    intra_op_threads: int
+    inter_op_threads: int
+    slots: Tuple[RankSlot, ...]
+    env: Dict[str, str]
+    notes: Tuple[str, ...]
+
+    @property
+    def total_ranks(self) -> int:
+        return self.nodes * self.ranks_per_node
+
+    @property
+    def cpus_per_rank(self) -> int:
+        """Logical CPUs per rank, what Slurm's --cpus-per-task counts."""
+        return self.cores_per_rank * self.topology.threads_per_core
+
+
+def _suggest(ranks: int, sockets: int, cores: int) -> str:
+    good = [n for n in range(1, cores + 1)
+            if (n % sockets == 0 if n >= sockets else sockets % n == 0)]
+    lower = [n for n in good if n < ranks][-1:]
+    higher = [n for n in good if n > ranks][:1]
+    return " or ".join(str(n) for n in lower + higher)
+
+
+def make(t: topo.Topology, ranks_per_node: int, nodes: int = 1, openmp: bool = False) -> Plan:
+    if ranks_per_node < 1 or nodes < 1:
+        raise UsageError(f"--ranks_per_node={ranks_per_node} --nodes={nodes}: need at least 1 "
+                         "of each")
+    if ranks_per_node > t.physical_cores:
+        raise UsageError(
+            f"{ranks_per_node} ranks per node on {t.physical_cores} physical cores: more ranks "
+            f"than cores; use at most {t.physical_cores} (hyper-threads do not count: two ranks "
+            "on one core halve each other's speed)")
+    notes = []
+    if ranks_per_node >= t.sockets:
+        if ranks_per_node % t.sockets:
+            raise UsageError(
+                f"{ranks_per_node} ranks do not divide evenly over {t.sockets} sockets; one "
+                "socket would carry more ranks and the others would wait for it at every "
+                f"allreduce. Use {_suggest(ranks_per_node, t.sockets, t.physical_cores)} ranks "
+                "per node")
+        per_socket = ranks_per_node // t.sockets
+        cores_per_rank, sockets_per_rank = t.cores_per_socket // per_socket, 1
+        left = t.cores_per_socket - per_socket * cores_per_rank
+        if left:
+            notes.append(f"{left} core(s) per socket left idle: {t.cores_per_socket} cores do "
+                         f"not divide by {per_socket} ranks")
+    else:
+        if t.sockets % ranks_per_node:
+            raise UsageError(
+                f"{ranks_per_node} ranks cannot split {t.sockets} sockets evenly; use "
+                f"{_suggest(ranks_per_node, t.sockets, t.physical_cores)} ranks per node")
+        per_socket, sockets_per_rank = 0, t.sockets // ranks_per_node
+        cores_per_rank = t.cores_per_socket * sockets_per_rank
+        notes.append(f"each rank spans {sockets_per_rank} sockets: memory traffic crosses "
+                     "sockets; one rank per socket is usually faster")
+    if cores_per_rank >= SPARE_CORE_FROM and t.threads_per_core == 1:
+        intra = cores_per_rank - 1
+        notes.append("one core per rank left to Horovod's background thread and tf.data")
+    else:
+        intra = cores_per_rank
+    inter = sockets_per_rank
+    slots = []
+    for r in range(ranks_per_node):
+        if per_socket:
+            socket, i = divmod(r, per_socket)
+            first = socket * t.cores_per_socket + i * cores_per_rank
+            sockets = (socket,)
+        else:
+            first = r * cores_per_rank
+            sockets = tuple(range(r * sockets_per_rank, (r + 1) * sockets_per_rank))
+        slots.append(RankSlot(r, sockets, tuple(range(first, first + cores_per_rank))))
+    env = {"OMP_NUM_THREADS": str(intra), "TF_NUM_INTEROP_THREADS": str(inter),
+           "TF_ENABLE_ONEDNN_OPTS": "1"}
+    if openmp:
+        env["KMP_AFFINITY"] = ("granularity=fine,compact,1,0" if t.threads_per_core > 1
+                               else "granularity=fine,compact")
+        env["KMP_BLOCKTIME"] = "1"  # idle OpenMP threads yield soon: Horovod's thread needs the core
+    return Plan(t, nodes, ranks_per_node, cores_per_rank, sockets_per_rank, per_socket, intra,
+                inter, tuple(slots), env, tuple(notes))
+
+
+def openmp_runtime_present() -> bool:
+    """Whether this TensorFlow ships Intel's OpenMP (libiomp5), which reads KMP_* variables."""
+    try:
+        import importlib.util
+        spec = importlib.util.find_spec("tensorflow")
+    except (ImportError, ValueError):
+        return False
+    if not spec or not spec.submodule_search_locations:
+        return False
+    for root in spec.submodule_search_locations:
+        for _, _, files in os.walk(root):
+            if any(f.startswith("libiomp5") for f in files):
+                return True
+    return False
+
+
+# --- Commands ---------------------------------------------------------------------------------
+
+def mpi_map_by(plan: Plan) -> str:
+    if plan.ranks_per_socket:
+        return f"ppr:{plan.ranks_per_socket}:socket:pe={plan.cores_per_rank}"
+    return f"ppr:{plan.ranks_per_node}:node:pe={plan.cores_per_rank}"
+
+
+def command(plan: Plan, launcher: str, program: Sequence[str], hosts: Optional[str] = None,
+            hostfile: Optional[str] = None, mpi: str = "pmix") -> List[str]:
+    """The launcher command line that runs `program` on every rank with this plan."""
+    n = plan.total_ranks
+    if launcher == "horovodrun":
+        host_arg = ["-H", hosts or f"localhost:{plan.ranks_per_node}"]
+        if hostfile:
+            host_arg = ["-hostfile", hostfile]
+        return (["horovodrun", "-np", str(n)] + host_arg +
+                [f"--binding-args=--map-by {mpi_map_by(plan)} --bind-to core"] + list(program))
+    if launcher == "mpirun":  # Open MPI
+        cmd = ["mpirun", "-np", str(n), "--map-by", mpi_map_by(plan), "--bind-to", "core",
+               "--report-bindings"]
+        if os.geteuid() == 0:
+            cmd.append("--allow-run-as-root")  # Open MPI refuses root unless told
+        if hosts:
+            cmd += ["-H", hosts]
+        if hostfile:
+            cmd += ["--hostfile", hostfile]
+        for key in sorted(plan.env):
+            cmd += ["-x", key]  # Open MPI passes only the variables named with -x to remote ranks
+        return cmd + list(program)
+    if launcher == "intel-mpirun":  # Intel MPI: pinning by domain, env through -genv
+        cmd = ["mpirun", "-n", str(n), "-ppn", str(plan.ranks_per_node),
+               "-genv", "I_MPI_PIN_DOMAIN", f"{plan.cpus_per_rank}:compact"]
+        if hosts:
+            cmd += ["-hosts", hosts]
+        if hostfile:
+            cmd += ["-f", hostfile]
+        for key in sorted(plan.env):
+            cmd += ["-genv", key, plan.env[key]]
+        return cmd + list(program)
+    if launcher == "srun":
+        return ["srun", f"--nodes={plan.nodes}", f"--ntasks={n}",
+                f"--ntasks-per-node={plan.ranks_per_node}",
+                f"--cpus-per-task={plan.cpus_per_rank}", "--cpu-bind=cores",
+                f"--mpi={mpi}"] + list(program)
+    raise UsageError(f"--launcher={launcher}: use one of {', '.join(LAUNCHERS)}")
+
+
+def describe(plan: Plan) -> str:
+    t = plan.topology
+    lines = [f"topology: {t.sockets} socket(s) x {t.cores_per_socket} cores x "
+             f"{t.threads_per_core} thread(s), {t.numa_nodes} NUMA node(s)",
+             f"plan: {plan.nodes} node(s) x {plan.ranks_per_node} rank(s) = {plan.total_ranks}; "
+             f"{plan.cores_per_rank} core(s)/rank; intra-op {plan.intra_op_threads}, inter-op "
+             f"{plan.inter_op_threads}",
+             "local_rank  sockets  cores"]
+    for s in plan.slots:
+        cores = (f"{s.cores[0]}-{s.cores[-1]}" if len(s.cores) > 1 else str(s.cores[0]))
+        lines.append(f"{s.local_rank:>10}  {','.join(map(str, s.sockets)):>7}  {cores}")
+    lines += [f"note: {n}" for n in plan.notes]
+    return "\n".join(lines)
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m resnet.launch_plan",
+        description="Plan ranks, cores and threads for this node (or a stated one) and launch "
+                    "train_dist.py. Everything after -- goes to train_dist.py.")
+    p.add_argument("--launcher", choices=LAUNCHERS, default="horovodrun")
+    p.add_argument("--ranks_per_node", type=int, default=None,
+                   help="default: one per socket")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--hosts", help="host:slots,... (horovodrun/mpirun -H)")
+    p.add_argument("--hostfile")
+    p.add_argument("--mpi", default="pmix", help="srun --mpi= (pmix, pmi2)")
+    p.add_argument("--sockets", type=int, help="plan for a stated topology instead of this node")
+    p.add_argument("--cores_per_socket", type=int)
+    p.add_argument("--threads_per_core", type=int, default=1)
+    p.add_argument("--numa_nodes", type=int, default=None)
+    p.add_argument("--dry_run", action="store_true", help="print the command and env, run nothing")
+    p.add_argument("--program", default=None,
+                   help="what each rank runs (default: this venv's python train_dist.py)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    train_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = _parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    try:
+        if args.sockets is not None or args.cores_per_socket is not None:
+            if args.sockets is None or args.cores_per_socket is None:
+                raise UsageError("--sockets and --cores_per_socket go together")
+            t = topo.Topology(args.sockets, args.cores_per_socket, args.threads_per_core,
+                              args.numa_nodes or args.sockets)
+        else:
+            t = topo.read()
+        plan = make(t, args.ranks_per_node or t.sockets, args.nodes,
+                    openmp=openmp_runtime_present())
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        program = (shlex.split(args.program) if args.program else
+                   [sys.executable, os.path.join(root, "train_dist.py")]) + train_args
+        cmd = command(plan, args.launcher, program, args.hosts, args.hostfile, args.mpi)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(describe(plan))
+    print("env: " + " ".join(f"{k}={v}" for k, v in sorted(plan.env.items())))
+    print("command: " + shlex.join(cmd), flush=True)
+    if args.dry_run:
+        return 0
+    env = dict(os.environ, **plan.env)
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

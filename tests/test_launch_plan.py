@@ -1,0 +1,122 @@
+"""Launch plans for stated topologies against hand-computed numbers; dry runs; refusals."""
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import ROOT, job_env
+from resnet import launch_plan, topology
+from resnet.errors import UsageError
+
+T = topology.Topology
+
+
+def _cores(plan):
+    return [s.cores for s in plan.slots]
+
+
+def test_one_socket_two_cores_two_ranks():
+    plan = launch_plan.make(T(1, 2, 1), 2)
+    assert (plan.cores_per_rank, plan.intra_op_threads, plan.inter_op_threads) == (1, 1, 1)
+    assert _cores(plan) == [(0,), (1,)]
+    assert launch_plan.mpi_map_by(plan) == "ppr:2:socket:pe=1"
+    assert plan.env == {"OMP_NUM_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+                        "TF_ENABLE_ONEDNN_OPTS": "1"}
+
+
+def test_two_sockets_28_cores_no_ht_one_rank_per_socket():
+    plan = launch_plan.make(T(2, 28, 1), 2)
+    assert plan.cores_per_rank == 28
+    assert plan.intra_op_threads == 27  # one core left to Horovod's thread and tf.data
+    assert plan.inter_op_threads == 1
+    assert [s.sockets for s in plan.slots] == [(0,), (1,)]
+    assert _cores(plan) == [tuple(range(0, 28)), tuple(range(28, 56))]
+    assert launch_plan.mpi_map_by(plan) == "ppr:1:socket:pe=28"
+
+
+def test_two_sockets_28_cores_with_ht():
+    plan = launch_plan.make(T(2, 28, 2), 2, openmp=True)
+    assert plan.intra_op_threads == 28  # the sibling hyper-threads host Horovod's thread
+    assert plan.cpus_per_rank == 56
+    assert plan.env["KMP_AFFINITY"] == "granularity=fine,compact,1,0"
+    assert plan.env["KMP_BLOCKTIME"] == "1"
+    no_omp = launch_plan.make(T(2, 28, 2), 2, openmp=False)
+    assert "KMP_AFFINITY" not in no_omp.env
+
+
+def test_four_ranks_on_two_sockets():
+    plan = launch_plan.make(T(2, 28, 1), 4)
+    assert (plan.ranks_per_socket, plan.cores_per_rank, plan.intra_op_threads) == (2, 14, 13)
+    assert [s.sockets for s in plan.slots] == [(0,), (0,), (1,), (1,)]
+    assert _cores(plan)[3] == tuple(range(42, 56))
+    assert launch_plan.mpi_map_by(plan) == "ppr:2:socket:pe=14"
+
+
+def test_one_rank_per_node_on_eight_nodes():
+    plan = launch_plan.make(T(2, 28, 1), 1, nodes=8)
+    assert plan.total_ranks == 8
+    assert (plan.sockets_per_rank, plan.cores_per_rank) == (2, 56)
+    assert (plan.intra_op_threads, plan.inter_op_threads) == (55, 2)
+    assert launch_plan.mpi_map_by(plan) == "ppr:1:node:pe=56"
+    cmd = launch_plan.command(plan, "srun", ["python", "train_dist.py"])
+    assert cmd[:7] == ["srun", "--nodes=8", "--ntasks=8", "--ntasks-per-node=1",
+                       "--cpus-per-task=56", "--cpu-bind=cores", "--mpi=pmix"]
+
+
+def test_uneven_cores_left_idle_is_stated():
+    plan = launch_plan.make(T(1, 10, 1), 3)
+    assert plan.cores_per_rank == 3
+    assert any("1 core(s) per socket left idle" in n for n in plan.notes)
+
+
+@pytest.mark.parametrize("topo, ranks, message", [
+    (T(2, 28, 2), 60, "more ranks than cores; use at most 56"),
+    (T(2, 28, 1), 3, "3 ranks do not divide evenly over 2 sockets.*Use 2 or 4"),
+    (T(4, 8, 1), 3, "3 ranks cannot split 4 sockets evenly; use 2 or 4"),
+    (T(1, 2, 1), 0, "need at least 1"),
+])
+def test_refusals(topo, ranks, message):
+    with pytest.raises(UsageError, match=message):
+        launch_plan.make(topo, ranks)
+
+
+def test_zero_threads_or_cores_refused():
+    with pytest.raises(UsageError, match="--cores_per_socket=0"):
+        T(2, 0, 1)
+    with pytest.raises(UsageError, match="--threads_per_core=0"):
+        T(2, 4, 0)
+
+
+def test_this_machine_is_read():
+    t = topology.read()
+    assert t.physical_cores * t.threads_per_core >= len(os.sched_getaffinity(0)) >= 1
+
+
+def _run(script, *args):
+    return subprocess.run([os.path.join(ROOT, "launch", script)] + list(args), cwd=ROOT,
+                          env=job_env(), capture_output=True, text=True, timeout=120)
+
+
+def test_dry_run_prints_command_and_env():
+    out = _run("mpirun.sh", "--dry_run", "--sockets", "2", "--cores_per_socket", "28",
+               "--ranks_per_node", "2", "--nodes", "2", "--hosts", "n1:2,n2:2", "--",
+               "--epochs=3")
+    assert out.returncode == 0, out.stderr
+    assert "plan: 2 node(s) x 2 rank(s) = 4; 28 core(s)/rank; intra-op 27, inter-op 1" in out.stdout
+    assert "env: OMP_NUM_THREADS=27 TF_ENABLE_ONEDNN_OPTS=1 TF_NUM_INTEROP_THREADS=1" in out.stdout
+    command = [l for l in out.stdout.splitlines() if l.startswith("command: ")][0]
+    assert command.startswith("command: mpirun -np 4 --map-by ppr:1:socket:pe=28 --bind-to core")
+    assert "-H n1:2,n2:2" in command and "-x OMP_NUM_THREADS" in command
+    assert command.endswith("train_dist.py --epochs=3")
+    out = _run("horovodrun.sh", "--dry_run", "-np", "2", "--", "--epochs=1")
+    assert out.returncode == 0, out.stderr
+    assert "'--binding-args=--map-by ppr:2:socket:pe=1 --bind-to core'" in out.stdout
+
+
+def test_scripts_refuse_bad_plans_and_show_usage():
+    out = _run("mpirun.sh", "--dry_run", "--sockets", "2", "--cores_per_socket", "4",
+               "--ranks_per_node", "9")
+    assert out.returncode == 2 and "more ranks than cores" in out.stderr
+    out = _run("horovodrun.sh", "--help")
+    assert out.returncode == 0 and "Usage: launch/horovodrun.sh" in out.stdout
