@@ -35,7 +35,7 @@ class Config:
     batch_size: int = 64  # per rank
     epochs: int = 2
     freeze_epochs: int = 0  # head-only epochs before the whole network trains
-    learning_rate: float = 0.01  # for one rank's batch; multiplied by the number of ranks
+    learning_rate: float = 0.002  # for one rank's batch; x ranks. 0.01 diverged (NaN) here
     warmup_epochs: float = 0.2  # linear warmup to the scaled rate, then cosine decay to 0
     momentum: float = 0.9
     label_smoothing: float = 0.0
