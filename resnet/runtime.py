@@ -80,6 +80,13 @@ def chief_decides(world: World, decide: Callable[[], T]) -> T:
     return result
 
 
+def barrier(world: World) -> None:
+    """Wait until every rank gets here."""
+    if world.size > 1:
+        import horovod.tensorflow as hvd
+        hvd.allreduce(tf.constant(0.0), op=hvd.Sum, name="barrier")
+
+
 # --- Placement: where each rank really runs ---------------------------------------------------
 
 _MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE")

@@ -175,6 +175,9 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
             if stop.stopped and progress.step + stop.steps_done < plan.steps_per_epoch:
                 progress.step += stop.steps_done
                 save(progress.step)  # mid-epoch: the resumed run skips the steps already done
+                # Horovod: no rank exits before rank 0's checkpoint is on disk; an early exit
+                # makes srun --kill-on-bad-exit or mpirun kill rank 0 mid-write.
+                runtime.barrier(world)
                 raise cb.Preempted(f"{stop.requested or 'another rank was signalled'}: stopped "
                                    f"at epoch {epoch + 1}, step {progress.step}; checkpoint "
                                    "written, run the same command to resume")
@@ -192,7 +195,8 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
                              record["train_accuracy"], record["test_loss"],
                              record["test_accuracy"])
             save(0, epoch_done=epoch + 1)
-            if stop.stopped:  # the signal came with the epoch's last step: stop here
+            if stop.stopped:
+                runtime.barrier(world)  # the signal came with the epoch's last step: stop here
                 raise cb.Preempted(f"{stop.requested or 'another rank was signalled'}: stopped "
                                    f"after epoch {epoch + 1}; checkpoint written, run the same "
                                    "command to resume")

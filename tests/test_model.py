@@ -1,0 +1,51 @@
+"""The model: built-in layers only, caffe preprocessing, weights that do not fit are refused."""
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import SHARED_WEIGHTS
+from resnet import model
+from resnet.errors import UsageError
+
+
+def test_preprocessing_matches_keras_preprocess_input():
+    m = model.build(10, 32, "none", 0)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    pre = m.get_layer("caffe_preprocess")(x).numpy()
+    np.testing.assert_allclose(pre, tf.keras.applications.resnet50.preprocess_input(x.copy()),
+                               atol=1e-4)
+    assert not m.get_layer("caffe_preprocess").trainable_weights
+
+
+def test_bf16_keeps_probabilities_float32():
+    model.set_precision("bf16")
+    try:
+        m = model.build(10, 32, "none", 0)
+        assert m.get_layer("logits").compute_dtype == "bfloat16"
+        assert m(np.zeros((1, 32, 32, 3), np.float32)).dtype == tf.float32
+    finally:
+        model.set_precision("fp32")
+
+
+def test_weights_that_do_not_fit_are_refused(tmp_path):
+    wrong = tmp_path / "wrong.h5"
+    tiny = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)])
+    tiny.save_weights(str(wrong))
+    with pytest.raises(UsageError, match="does not fit ResNet50|cannot load"):
+        model.build(10, 32, str(wrong), 0)
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"not an hdf5 file")
+    with pytest.raises(UsageError, match="cannot load"):
+        model.build(10, 32, str(garbage), 0)
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(SHARED_WEIGHTS),
+                    reason="../shared/weights not present")
+def test_imagenet_weights_by_path_load():
+    m = model.build(10, 64, SHARED_WEIGHTS, 0)
+    with h5py.File(SHARED_WEIGHTS, "r") as f:
+        conv1 = f["conv1_conv"]["conv1_conv"]["kernel"][()]
+    np.testing.assert_array_equal(m.get_layer("resnet50").get_layer("conv1_conv").kernel.numpy(),
+                                  conv1)
