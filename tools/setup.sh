@@ -55,7 +55,7 @@ if ! horovod_ok; then
   log "building horovod $horovod_version from its sdist (about 3 minutes)"
   HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1 \
   HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
-    PATH="$venv/bin:$PATH" "${pip[@]}" install --no-build-isolation --no-cache-dir \
+    PATH="$venv/bin:$PATH" "${pip[@]}" install --no-build-isolation \
     "horovod==$horovod_version"
   horovod_ok || { log "horovod built but lacks TensorFlow, MPI or Gloo support"; exit 1; }
 fi
