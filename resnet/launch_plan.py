@@ -33,6 +33,10 @@ from resnet.errors import EXIT_USAGE, UsageError
 
 LAUNCHERS = ("horovodrun", "mpirun", "srun", "intel-mpirun")
 SPARE_CORE_FROM = 8  # cores per rank from which one is left to Horovod and tf.data (no HT)
+# A rank that hangs (stuck I/O, a stopped process) stalls every allreduce. Horovod names the
+# missing ranks after a minute and, with a shutdown time, ends the job instead of hanging forever.
+STALL_ENV = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
+             "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +127,7 @@ def make(t: topo.Topology, ranks_per_node: int, nodes: int = 1, openmp: bool = F
             sockets = tuple(range(r * sockets_per_rank, (r + 1) * sockets_per_rank))
         slots.append(RankSlot(r, sockets, tuple(range(first, first + cores_per_rank))))
     env = {"OMP_NUM_THREADS": str(intra), "TF_NUM_INTEROP_THREADS": str(inter),
-           "TF_ENABLE_ONEDNN_OPTS": "1"}
+           "TF_ENABLE_ONEDNN_OPTS": "1", **STALL_ENV}
     if openmp:
         env["KMP_AFFINITY"] = ("granularity=fine,compact,1,0" if t.threads_per_core > 1
                                else "granularity=fine,compact")

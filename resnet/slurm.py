@@ -17,6 +17,7 @@ import sys
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 from resnet.errors import EXIT_REQUEUE, EXIT_USAGE, UsageError
+from resnet.launch_plan import STALL_ENV
 
 LAUNCHERS = ("srun", "mpirun")
 
@@ -49,7 +50,7 @@ def plan(env: Mapping[str, str], model_dir: str, train_args: Sequence[str], laun
     # Slurm counts logical CPUs; oneDNN wants one thread per physical core.
     cores = max(1, cpus // threads_per_core)
     extra = {"OMP_NUM_THREADS": str(cores), "TF_NUM_INTEROP_THREADS": "1",
-             "TF_ENABLE_ONEDNN_OPTS": "1"}
+             "TF_ENABLE_ONEDNN_OPTS": "1", **STALL_ENV}
     program = [python, train_script, f"--model_dir={model_dir}"] + list(train_args)
     n = nodes * per_node
     if launcher == "srun":

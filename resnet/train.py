@@ -8,13 +8,12 @@ places it appears (chief_callbacks, _chief_*), never by scattered rank checks.
 """
 
 import dataclasses
-import json
 import os
 import platform
 import sys
 import tempfile
 import time
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -175,12 +174,7 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
             if stop.stopped and progress.step + stop.steps_done < plan.steps_per_epoch:
                 progress.step += stop.steps_done
                 save(progress.step)  # mid-epoch: the resumed run skips the steps already done
-                # Horovod: no rank exits before rank 0's checkpoint is on disk; an early exit
-                # makes srun --kill-on-bad-exit or mpirun kill rank 0 mid-write.
-                runtime.barrier(world)
-                raise cb.Preempted(f"{stop.requested or 'another rank was signalled'}: stopped "
-                                   f"at epoch {epoch + 1}, step {progress.step}; checkpoint "
-                                   "written, run the same command to resume")
+                _stop_after_checkpoint(world, stop, f"at epoch {epoch + 1}, step {progress.step}")
             test_metrics = _evaluate(model, test, world, config, class_names)
             record = {"epoch": epoch + 1, "phase": phase,
                       "train_loss": float(fit.history["loss"][-1]),
@@ -195,13 +189,18 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
                              record["train_accuracy"], record["test_loss"],
                              record["test_accuracy"])
             save(0, epoch_done=epoch + 1)
-            if stop.stopped:
-                runtime.barrier(world)  # the signal came with the epoch's last step: stop here
-                raise cb.Preempted(f"{stop.requested or 'another rank was signalled'}: stopped "
-                                   f"after epoch {epoch + 1}; checkpoint written, run the same "
-                                   "command to resume")
+            if stop.stopped:  # the signal came with the epoch's last step
+                _stop_after_checkpoint(world, stop, f"after epoch {epoch + 1}")
         progress.epoch = end
     return progress, throughput, test_metrics
+
+
+def _stop_after_checkpoint(world: runtime.World, stop: cb.StopOnSignal, where: str):
+    # Horovod: no rank exits before rank 0's checkpoint is on disk; an early exit makes
+    # srun --kill-on-bad-exit or mpirun kill rank 0 in the middle of writing it.
+    runtime.barrier(world)
+    raise cb.Preempted(f"{stop.requested or 'another rank was signalled'}: stopped {where}; "
+                       "checkpoint written, run the same command to resume")
 
 
 def _evaluate(model, test, world, config, class_names) -> dict:
@@ -270,6 +269,7 @@ def run(config: Config) -> dict:
         test_metrics = _evaluate(model, test, world, config, class_names)
     metrics = _metrics(config, world, test_metrics, progress.history, {
         "images_per_second": throughput.images_per_second,
+        "train_step_seconds": throughput.warm or throughput.cold,  # rank 0's clock, per step
         "train_minutes": (time.time() - started) / 60,
         "num_train_examples": len(train), "steps_per_epoch": plan.steps_per_epoch,
         "mode": "train"})

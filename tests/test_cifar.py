@@ -3,7 +3,6 @@
 import os
 import pickle
 import shutil
-import tarfile
 
 import numpy as np
 import pytest

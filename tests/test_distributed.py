@@ -81,3 +81,42 @@ def test_two_ranks_train_then_identical_eval_on_1_and_2_ranks(tmp_path, image_ta
     assert one["test_loss"] == pytest.approx(two["test_loss"], rel=1e-5)
     # The final evaluation after training saw the same weights.
     assert trained["test_accuracy"] == one["test_accuracy"]
+
+
+def _rank_pids(rank):
+    """PIDs of train_dist.py processes that Open MPI started as `rank`."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"train_dist.py" in cmdline and f"OMPI_COMM_WORLD_RANK={rank}".encode() in environ:
+            pids.append(int(pid))
+    return pids
+
+
+def test_a_dead_rank_ends_the_job_instead_of_hanging(tmp_path, image_tar):
+    import signal
+    import time
+    cmd = [os.path.join(ROOT, "launch", "horovodrun.sh"), "-np", "2", "--",
+           f"--data_dir={image_tar}", f"--model_dir={tmp_path}/m", "--weights=none",
+           "--image_size=32", "--batch_size=8", "--epochs=50", "--log_every_steps=1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=job_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "epoch 1/50 step 2/" in line:
+            break
+    victims = _rank_pids(1)
+    assert victims, "".join(seen)[-2000:]
+    os.kill(victims[0], signal.SIGKILL)
+    t = time.time()
+    rest = proc.stdout.read()
+    rc = proc.wait(timeout=300)
+    assert rc != 0
+    assert time.time() - t < 120  # bounded: mpirun notices the death and ends the others
+    assert "rank 1" in rest, rest[-3000:]
+    assert not os.path.exists(tmp_path / "m" / "metrics.json")

@@ -22,7 +22,8 @@ def test_one_socket_two_cores_two_ranks():
     assert _cores(plan) == [(0,), (1,)]
     assert launch_plan.mpi_map_by(plan) == "ppr:2:socket:pe=1"
     assert plan.env == {"OMP_NUM_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
-                        "TF_ENABLE_ONEDNN_OPTS": "1"}
+                        "TF_ENABLE_ONEDNN_OPTS": "1", "HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
+                        "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600"}
 
 
 def test_two_sockets_28_cores_no_ht_one_rank_per_socket():
@@ -104,7 +105,8 @@ def test_dry_run_prints_command_and_env():
                "--epochs=3")
     assert out.returncode == 0, out.stderr
     assert "plan: 2 node(s) x 2 rank(s) = 4; 28 core(s)/rank; intra-op 27, inter-op 1" in out.stdout
-    assert "env: OMP_NUM_THREADS=27 TF_ENABLE_ONEDNN_OPTS=1 TF_NUM_INTEROP_THREADS=1" in out.stdout
+    assert ("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS=600 OMP_NUM_THREADS=27 TF_ENABLE_ONEDNN_OPTS=1 "
+            "TF_NUM_INTEROP_THREADS=1") in out.stdout
     command = [l for l in out.stdout.splitlines() if l.startswith("command: ")][0]
     assert command.startswith("command: mpirun -np 4 --map-by ppr:1:socket:pe=28 --bind-to core")
     assert "-H n1:2,n2:2" in command and "-x OMP_NUM_THREADS" in command

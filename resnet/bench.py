@@ -1,0 +1,222 @@
+"""The benchmark harness: every speed figure in BENCHMARKS.md comes from one run of this.
+
+  .venv/bin/python -m resnet.bench            # about 12 minutes on 2 cores
+  .venv/bin/python -m resnet.bench --quick    # fewer steps and sizes, for a smoke run
+
+In ONE run, on the same machine and synthetic data (so the disk is out of the picture):
+  1. train_dist.py with 1 rank against plain single-process Keras model.fit (resnet.bench_baseline),
+     same model, batch and precision;
+  2. float32 against bf16 (Keras mixed_bfloat16) at 32, 64 and 128 pixels;
+  3. 1 rank x all cores against all ranks x 1 core each (through the launch plan);
+  4. the input pipeline alone, per rank: real JPEGs decoded from disk, then tf.data augmentation.
+Each training figure is the median (with min and max) of windows of WINDOW steps after WARMUP
+steps. Every measurement runs in its own process, one after another, never two at once. Raw
+figures go to bench_out/bench.json, and the section between the markers in BENCHMARKS.md is
+rewritten from them.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WARMUP = 3
+WINDOW = 3
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+# (image size, batch per rank): big enough to keep the cores busy, small enough to finish here.
+SIZES = {32: 64, 64: 32, 128: 16}
+
+
+def _env(threads=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def windows(step_seconds, images_per_step, skip=WARMUP):
+    """Images/s of each window of WINDOW steps after the first `skip` steps."""
+    steps = step_seconds[skip:]
+    return [WINDOW * images_per_step / sum(steps[i:i + WINDOW])
+            for i in range(0, len(steps) - WINDOW + 1, WINDOW)]
+
+
+def summary(rates):
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates),
+            "windows": rates}
+
+
+def plain_keras(image_size, precision, batch, steps):
+    cmd = [sys.executable, "-m", "resnet.bench_baseline", f"--image_size={image_size}",
+           f"--precision={precision}", f"--batch_size={batch}", f"--steps={steps}"]
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, check=True)
+    seconds = json.loads(out.stdout.strip().splitlines()[-1])["step_seconds"]
+    return {"command": " ".join(cmd[1:]), **summary(windows(seconds, batch))}
+
+
+def train_dist(image_size, precision, batch, steps, ranks=1):
+    with tempfile.TemporaryDirectory() as model_dir:
+        args = ["--dataset=synthetic", f"--max_train_examples={batch * ranks * steps}",
+                f"--max_test_examples={batch * ranks}", "--epochs=1", "--weights=none",
+                f"--image_size={image_size}", f"--precision={precision}",
+                f"--batch_size={batch}", f"--model_dir={model_dir}", "--log_every_steps=1000",
+                "--warmup_epochs=0"]
+        if ranks == 1:
+            cmd = [sys.executable, "train_dist.py"] + args
+        else:
+            cmd = [os.path.join("launch", "horovodrun.sh"), "-np", str(ranks), "--"] + args
+        subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, check=True)
+        with open(os.path.join(model_dir, "metrics.json")) as f:
+            metrics = json.load(f)
+    # train_dist's own Throughput already left out its first steps (its warm-up).
+    rates = windows(metrics["train_step_seconds"], batch * ranks, skip=0)
+    return {"command": " ".join(cmd).replace(model_dir, "TMP"), **summary(rates)}
+
+
+def input_pipeline(data_path, batch, ranks, batches=60):
+    """Per rank: decode the real JPEG tree from disk, then augment and batch with tf.data."""
+    code = f"""
+import json, time
+from resnet import cifar, pipeline, sharding
+t = time.perf_counter()
+data = cifar.load({data_path!r}, max_train=10000, max_test=1)
+decode = len(data.train) / (time.perf_counter() - t)
+shard = sharding.train_shard(len(data.train), 0, 0, 0, {ranks}, {batch})
+ds = pipeline.train_dataset(data.train, shard, {batch}, 0, 0)
+it = iter(ds); next(it)
+t = time.perf_counter(); n = 0
+for _ in range({batches}):
+    next(it); n += {batch}
+print(json.dumps({{"decode": decode, "augment": n / (time.perf_counter() - t)}}))
+"""
+    # One core, as a rank of the 2 x 1 plan has.
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(threads=1),
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine():
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = re.search(r"Model name:\s*(.+)", lscpu)
+    flags = re.search(r"Flags:\s*(.+)", lscpu)
+    wanted = sorted(f for f in (flags.group(1).split() if flags else [])
+                    if f.startswith(("avx512", "amx", "avx2", "avx_vnni", "fma")))
+    import horovod
+    import tensorflow as tf
+    return {"cpu": model.group(1).strip() if model else "unknown",
+            "logical_cpus": os.cpu_count(), "flags": wanted,
+            "python": platform.python_version(), "tensorflow": tf.__version__,
+            "horovod": horovod.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def run(quick: bool, data_path: str, out_dir: str) -> dict:
+    steps = 9 if quick else 15
+    sizes = {32: SIZES[32]} if quick else SIZES
+    result = {"machine": machine(), "warmup_steps": WARMUP, "window_steps": WINDOW,
+              "steps": steps, "train": {}, "baseline": {}}
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    for size, batch in sizes.items():
+        for precision in ("fp32", "bf16"):
+            key = f"{size}px_{precision}"
+            log(f"bench: train_dist 1 rank {key} batch {batch}")
+            result["train"][key] = train_dist(size, precision, batch, steps)
+            if size == 32:
+                log(f"bench: plain Keras {key} batch {batch}")
+                result["baseline"][key] = plain_keras(size, precision, batch, steps)
+    log("bench: 2 ranks x 1 core, 32px fp32")
+    result["scaling"] = {
+        "1x2": result["train"]["32px_fp32"],
+        "2x1": train_dist(32, "fp32", SIZES[32], steps, ranks=2)}
+    log("bench: input pipeline")
+    result["pipeline"] = input_pipeline(data_path, SIZES[32], 2)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "bench.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def _fmt(s):
+    return f"{s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f})"
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [START, "",
+             f"Measured {m['date']} by `.venv/bin/python -m resnet.bench` on: {m['cpu']}, "
+             f"{m['logical_cpus']} logical CPUs, flags {' '.join(m['flags']) or 'none of note'}; "
+             f"Python {m['python']}, TensorFlow {m['tensorflow']}, Horovod {m['horovod']}. "
+             f"Images/s, median (min-max) of {WINDOW}-step windows after {WARMUP} warm-up steps, "
+             f"{r['steps']} steps per run, synthetic data, `--weights=none` (same compute).", "",
+             "### train_dist.py (1 rank, 2 cores) against plain Keras model.fit", "",
+             "| setting | plain Keras | train_dist.py | ratio |", "| --- | --- | --- | --- |"]
+    for key, base in r["baseline"].items():
+        ours = r["train"][key]
+        lines.append(f"| {key.replace('_', ' ')}, batch {SIZES[int(key.split('px')[0])]} | "
+                     f"{_fmt(base)} | {_fmt(ours)} | {ours['median'] / base['median']:.2f} |")
+    lines += ["", "### float32 against bf16 (mixed_bfloat16), train_dist.py 1 rank", "",
+              "| image size | batch | fp32 | bf16 | bf16 / fp32 |", "| --- | --- | --- | --- | --- |"]
+    for size in sorted({int(k.split("px")[0]) for k in r["train"]}):
+        f32, b16 = r["train"][f"{size}px_fp32"], r["train"][f"{size}px_bf16"]
+        lines.append(f"| {size} | {SIZES[size]} | {_fmt(f32)} | {_fmt(b16)} | "
+                     f"{b16['median'] / f32['median']:.2f} |")
+    s = r["scaling"]
+    lines += ["", "### 1 rank x 2 cores against 2 ranks x 1 core (32px fp32, batch 64 per rank)",
+              "", "| layout | images/s (all ranks) |", "| --- | --- |",
+              f"| 1 rank x 2 cores | {_fmt(s['1x2'])} |", f"| 2 ranks x 1 core | {_fmt(s['2x1'])} |",
+              "", f"2 ranks x 1 core / 1 rank x 2 cores: "
+              f"{s['2x1']['median'] / s['1x2']['median']:.2f}. On 2 cores, \"2 ranks x half the "
+              "cores\" is the same layout as 2 x 1.", ""]
+    p = r["pipeline"]
+    per_rank_need = s["2x1"]["median"] / 2
+    lines += ["### Input pipeline alone, per rank (1 core)", "",
+              f"- decoding the real JPEG tree from disk: {p['decode']:.0f} images/s "
+              "(once per run, before training)",
+              f"- tf.data crop + flip + batch from memory: {p['augment']:.0f} images/s, "
+              f"{p['augment'] / per_rank_need:.0f}x what a rank of the 2 x 1 layout trains "
+              f"({per_rank_need:.1f} images/s)", "", "Commands:", ""]
+    for group in ("baseline", "train"):
+        for key, v in r[group].items():
+            lines.append(f"- `{v['command']}`")
+    lines.append(f"- `{s['2x1']['command']}`")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write_markdown(r: dict, path: str) -> None:
+    text = open(path).read() if os.path.exists(path) else f"# Benchmarks\n\n{START}\n{END}\n"
+    if START not in text:
+        text += f"\n{START}\n{END}\n"
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    with open(path, "w") as f:
+        f.write(head + markdown(r) + tail)
+
+
+def main():
+    p = argparse.ArgumentParser(prog="python -m resnet.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--data", default=os.path.join(os.path.dirname(ROOT), "shared", "data",
+                                                  "cifar-10-images.tar.gz"))
+    p.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
+    p.add_argument("--markdown", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    a = p.parse_args()
+    t = time.time()
+    result = run(a.quick, a.data, a.out)
+    write_markdown(result, a.markdown)
+    print(f"bench: done in {(time.time() - t) / 60:.1f} min; wrote {a.out}/bench.json and "
+          f"{a.markdown}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
