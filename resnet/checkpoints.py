@@ -8,7 +8,6 @@ fails its manifest anyway (disk trouble, someone's hands) is skipped with a warn
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -19,6 +18,8 @@ from typing import List, Optional
 import tensorflow as tf
 
 from absl import logging
+
+from resnet import fileio
 
 _NAME = re.compile(r"^ckpt-(\d{4})-(\d{6})$")
 STATE = "state.json"
@@ -42,37 +43,6 @@ def directory(model_dir: str) -> str:
     return os.path.join(model_dir, "checkpoints")
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """Write JSON beside its final name, fsync, rename: readers see the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save(model_dir: str, trackables: dict, state: State, keep: int) -> str:
     """Write a checkpoint atomically, then drop all but the newest `keep`. Chief only."""
     root = directory(model_dir)
@@ -80,17 +50,17 @@ def save(model_dir: str, trackables: dict, state: State, keep: int) -> str:
     tmp = tempfile.mkdtemp(prefix=f".tmp-{state.name}-", dir=root)
     try:
         tf.train.Checkpoint(**trackables).write(os.path.join(tmp, "vars"))
-        write_json_atomic(os.path.join(tmp, STATE), dataclasses.asdict(state))
+        fileio.write_json_atomic(os.path.join(tmp, STATE), dataclasses.asdict(state))
         files = sorted(f for f in os.listdir(tmp) if not f.startswith("."))
-        manifest = {f: _sha256(os.path.join(tmp, f)) for f in files}
-        write_json_atomic(os.path.join(tmp, MANIFEST), manifest)
+        manifest = {f: fileio.digest(os.path.join(tmp, f)) for f in files}
+        fileio.write_json_atomic(os.path.join(tmp, MANIFEST), manifest)
         for f in os.listdir(tmp):
-            _fsync(os.path.join(tmp, f))
+            fileio.fsync(os.path.join(tmp, f))
         final = os.path.join(root, state.name)
         if os.path.exists(final):  # the same point re-written after a resume: replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync(root)  # the rename itself reaches the disk
+        fileio.fsync(root)  # the rename itself reaches the disk
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -118,7 +88,7 @@ def verify(path: str) -> Optional[str]:
         file = os.path.join(path, name)
         if not os.path.isfile(file):
             return f"{name} is missing"
-        if _sha256(file) != digest:
+        if fileio.digest(file) != digest:
             return f"{name} does not match its checksum"
     return None
 

@@ -6,13 +6,13 @@ into $CIFAR10_DIR (or the Keras cache) through a temporary file that is renamed 
 matches the published one, so an interrupted or tampered download never looks like data.
 """
 
-import hashlib
 import os
 import tempfile
 import urllib.error
 import urllib.request
 from typing import Optional
 
+from resnet import fileio
 from resnet.errors import UsageError
 
 # Published at https://www.cs.toronto.edu/~kriz/cifar.html
@@ -59,11 +59,7 @@ def find(data_dir: Optional[str]) -> str:
 
 
 def md5(path: str) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return fileio.digest(path, "md5")
 
 
 def download(dest_dir: str, url: str = OFFICIAL_URL, expected_md5: str = OFFICIAL_MD5,

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from resnet.checkpoints import write_json_atomic
+from resnet.fileio import write_json_atomic
 
 METRICS = "metrics.json"
 CURVES_PNG = "training_curves.png"

@@ -20,7 +20,8 @@ import tensorflow as tf
 from absl import logging
 
 from resnet import callbacks as cb
-from resnet import checkpoints, cifar, evaluate, locate, pipeline, report, runtime, sharding
+from resnet import (checkpoints, cifar, evaluate, fileio, locate, pipeline, report, runtime,
+                    sharding)
 from resnet import model as model_lib
 from resnet.config import Config
 from resnet.errors import UsageError
@@ -227,7 +228,7 @@ def _chief_save_model(config: Config, model, class_names) -> None:
     # schedule, and plain tf.keras.models.load_model opens it without this package.
     tf.keras.Model(model.inputs, model.outputs, name=model.name).save(tmp)
     os.replace(tmp, os.path.join(config.model_dir, MODEL_FILE))
-    checkpoints.write_json_atomic(os.path.join(config.model_dir, CLASS_NAMES_FILE),
+    fileio.write_json_atomic(os.path.join(config.model_dir, CLASS_NAMES_FILE),
                                   list(class_names))
 
 
