@@ -13,6 +13,7 @@ from resnet.errors import UsageError
 
 PRECISIONS = ("fp32", "bf16")
 DATASETS = ("cifar10", "synthetic")
+BATCHNORM = ("frozen", "train")
 
 # --debug: a first run on a laptop in a minute or two.
 DEBUG_TRAIN_EXAMPLES = 256
@@ -38,6 +39,8 @@ class Config:
     learning_rate: float = 0.002  # for one rank's batch; x ranks. 0.01 diverged (NaN) here
     warmup_epochs: float = 0.2  # linear warmup to the scaled rate, then cosine decay to 0
     momentum: float = 0.9
+    batchnorm: str = "frozen"  # 'frozen' (inference mode) or 'train' (batch statistics)
+    bn_momentum: float = 0.9  # with batchnorm='train': how fast the moving statistics follow
     label_smoothing: float = 0.0
     seed: int = 0
     eval_only: bool = False
@@ -91,6 +94,10 @@ def _check(c: Config) -> None:
         raise UsageError(f"--label_smoothing={c.label_smoothing}: must be below 1")
     if c.precision not in PRECISIONS:
         raise UsageError(f"--precision={c.precision}: use one of {', '.join(PRECISIONS)}")
+    if c.batchnorm not in BATCHNORM:
+        raise UsageError(f"--batchnorm={c.batchnorm}: use one of {', '.join(BATCHNORM)}")
+    if not 0 <= c.bn_momentum < 1:
+        raise UsageError(f"--bn_momentum={c.bn_momentum}: must be in [0, 1)")
     if c.dataset not in DATASETS:
         raise UsageError(f"--dataset={c.dataset}: use one of {', '.join(DATASETS)}")
     if c.image_size < 32:

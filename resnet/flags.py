@@ -7,7 +7,7 @@ import dataclasses
 
 from absl import flags
 
-from resnet.config import DATASETS, PRECISIONS, Config
+from resnet.config import BATCHNORM, DATASETS, PRECISIONS, Config
 
 _D = Config()  # defaults
 
@@ -39,6 +39,10 @@ def define() -> None:
                    "the number of ranks.")
     f.DEFINE_float("warmup_epochs", _D.warmup_epochs, "Linear warmup to the scaled rate.")
     f.DEFINE_float("momentum", _D.momentum, "SGD momentum.")
+    f.DEFINE_enum("batchnorm", _D.batchnorm, BATCHNORM, "frozen: BatchNorm in inference mode "
+                  "(ImageNet statistics); train: batch statistics, tracked with --bn_momentum.")
+    f.DEFINE_float("bn_momentum", _D.bn_momentum, "Moving-average momentum with "
+                   "--batchnorm=train.")
     f.DEFINE_float("label_smoothing", _D.label_smoothing, "Label smoothing for the training "
                    "loss.")
     f.DEFINE_integer("seed", _D.seed, "Head initialisation, data order and augmentation.")

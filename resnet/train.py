@@ -262,7 +262,8 @@ def run(config: Config) -> dict:
                      world.size, config.batch_size, plan.global_batch_size, plan.steps_per_epoch,
                      config.learning_rate, plan.peak_learning_rate, plan.warmup_steps,
                      plan.total_steps, config.precision, config.image_size)
-    model = model_lib.build(len(class_names), config.image_size, config.weights, config.seed)
+    model = model_lib.build(len(class_names), config.image_size, config.weights, config.seed,
+                            config.batchnorm, config.bn_momentum)
     started = time.time()
     progress, throughput, test_metrics = _train(config, world, plan, model, train, test, resume,
                                                 class_names)
@@ -289,7 +290,8 @@ def _eval_only(config: Config, world, test, resume, class_names) -> dict:
     state = checkpoints.read_state(resume)
     # The checkpoint decides the architecture: build with the image size it was trained at.
     image_size = state.config["image_size"]
-    model = model_lib.build(len(class_names), image_size, "none", config.seed)
+    model = model_lib.build(len(class_names), image_size, "none", config.seed,
+                            state.config.get("batchnorm", "frozen"))
     if world.is_chief:
         checkpoints.restore(resume, _trackables(model))
     import horovod.tensorflow as hvd

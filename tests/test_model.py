@@ -49,3 +49,16 @@ def test_imagenet_weights_by_path_load():
         conv1 = f["conv1_conv"]["conv1_conv"]["kernel"][()]
     np.testing.assert_array_equal(m.get_layer("resnet50").get_layer("conv1_conv").kernel.numpy(),
                                   conv1)
+
+
+def test_batchnorm_frozen_or_trained():
+    x = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    frozen = model.build(10, 32, "none", 0, batchnorm="frozen")
+    # Frozen: training=True changes nothing (no dropout; BatchNorm ignores batch statistics).
+    np.testing.assert_allclose(frozen(x, training=True), frozen(x, training=False), atol=1e-6)
+    trained = model.build(10, 32, "none", 0, batchnorm="train", bn_momentum=0.5)
+    bn = trained.get_layer("resnet50").get_layer("conv1_bn")
+    assert bn.momentum == 0.5
+    before = bn.moving_mean.numpy().copy()
+    trained(x, training=True)
+    assert not np.allclose(bn.moving_mean.numpy(), before)  # statistics moved
