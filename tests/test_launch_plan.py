@@ -122,3 +122,16 @@ def test_scripts_refuse_bad_plans_and_show_usage():
     assert out.returncode == 2 and "more ranks than cores" in out.stderr
     out = _run("horovodrun.sh", "--help")
     assert out.returncode == 0 and "Usage: launch/horovodrun.sh" in out.stdout
+
+
+def test_intel_mpi_and_srun_commands():
+    plan = launch_plan.make(T(2, 28, 2), 2, nodes=2)
+    cmd = launch_plan.command(plan, "intel-mpirun", ["python", "t.py"], hosts="a,b")
+    assert cmd[:8] == ["mpirun", "-n", "4", "-ppn", "2", "-genv", "I_MPI_PIN_DOMAIN", "56:compact"]
+    assert ["-genv", "OMP_NUM_THREADS", "28"] == cmd[cmd.index("OMP_NUM_THREADS") - 1:
+                                                     cmd.index("OMP_NUM_THREADS") + 2]
+    assert "-hosts" in cmd and cmd[-2:] == ["python", "t.py"]
+    cmd = launch_plan.command(plan, "srun", ["python", "t.py"], mpi="pmi2")
+    assert "--cpus-per-task=56" in cmd and "--mpi=pmi2" in cmd
+    with pytest.raises(UsageError, match="--launcher=ssh"):
+        launch_plan.command(plan, "ssh", ["python"])
