@@ -34,11 +34,26 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 SIZES = {32: 64, 64: 32, 128: 16}
 
 
-def _env(threads=None):
+TIMEOUT_S = 300  # per measurement: a setting slower than this is reported as such, not waited for
+
+
+def _env(threads=None, onednn=None):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    env.pop("TF_ENABLE_ONEDNN_OPTS", None)  # TensorFlow's own default unless asked
+    if onednn is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn else "0"
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
+
+
+def _run(cmd, env):
+    """stdout of cmd, or None when it took longer than TIMEOUT_S."""
+    try:
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+                              timeout=TIMEOUT_S).stdout
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def windows(step_seconds, images_per_step, skip=WARMUP):
@@ -53,12 +68,16 @@ def summary(rates):
             "windows": rates}
 
 
-def plain_keras(image_size, precision, batch, steps):
+def plain_keras(image_size, precision, batch, steps, onednn=None):
+    """A user's model.fit; onednn=None leaves TF_ENABLE_ONEDNN_OPTS as TensorFlow defaults it."""
     cmd = [sys.executable, "-m", "resnet.bench_baseline", f"--image_size={image_size}",
            f"--precision={precision}", f"--batch_size={batch}", f"--steps={steps}"]
-    out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, check=True)
-    seconds = json.loads(out.stdout.strip().splitlines()[-1])["step_seconds"]
-    return {"command": " ".join(cmd[1:]), **summary(windows(seconds, batch))}
+    shown = ("TF_ENABLE_ONEDNN_OPTS=1 " if onednn else "") + " ".join(cmd[1:])
+    out = _run(cmd, _env(onednn=onednn))
+    if out is None:
+        return {"command": shown, "timeout": TIMEOUT_S}
+    seconds = json.loads(out.strip().splitlines()[-1])["step_seconds"]
+    return {"command": shown, **summary(windows(seconds, batch))}
 
 
 def train_dist(image_size, precision, batch, steps, ranks=1):
@@ -72,12 +91,14 @@ def train_dist(image_size, precision, batch, steps, ranks=1):
             cmd = [sys.executable, "train_dist.py"] + args
         else:
             cmd = [os.path.join("launch", "horovodrun.sh"), "-np", str(ranks), "--"] + args
-        subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, check=True)
+        shown = " ".join(cmd).replace(model_dir, "TMP")
+        if _run(cmd, _env()) is None:
+            return {"command": shown, "timeout": TIMEOUT_S}
         with open(os.path.join(model_dir, "metrics.json")) as f:
             metrics = json.load(f)
     # train_dist's own Throughput already left out its first steps (its warm-up).
     rates = windows(metrics["train_step_seconds"], batch * ranks, skip=0)
-    return {"command": " ".join(cmd).replace(model_dir, "TMP"), **summary(rates)}
+    return {"command": shown, **summary(rates)}
 
 
 def input_pipeline(data_path, batch, ranks, batches=60):
@@ -118,10 +139,10 @@ def machine():
 
 
 def run(quick: bool, data_path: str, out_dir: str) -> dict:
-    steps = 9 if quick else 15
+    steps = 9 if quick else 12
     sizes = {32: SIZES[32]} if quick else SIZES
     result = {"machine": machine(), "warmup_steps": WARMUP, "window_steps": WINDOW,
-              "steps": steps, "train": {}, "baseline": {}}
+              "steps": steps, "train": {}, "baseline": {}, "baseline_onednn": {}}
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -134,6 +155,8 @@ def run(quick: bool, data_path: str, out_dir: str) -> dict:
             if size == 32:
                 log(f"bench: plain Keras {key} batch {batch}")
                 result["baseline"][key] = plain_keras(size, precision, batch, steps)
+                log(f"bench: plain Keras + TF_ENABLE_ONEDNN_OPTS=1 {key} batch {batch}")
+                result["baseline_onednn"][key] = plain_keras(size, precision, batch, steps, True)
     log("bench: 2 ranks x 1 core, 32px fp32")
     result["scaling"] = {
         "1x2": result["train"]["32px_fp32"],
@@ -147,7 +170,13 @@ def run(quick: bool, data_path: str, out_dir: str) -> dict:
 
 
 def _fmt(s):
+    if "timeout" in s:
+        return f"< {s['timeout']} s run: timed out"
     return f"{s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f})"
+
+
+def _ratio(a, b):
+    return f"{a['median'] / b['median']:.2f}" if "median" in a and "median" in b else "-"
 
 
 def markdown(r: dict) -> str:
@@ -159,33 +188,38 @@ def markdown(r: dict) -> str:
              f"Images/s, median (min-max) of {WINDOW}-step windows after {WARMUP} warm-up steps, "
              f"{r['steps']} steps per run, synthetic data, `--weights=none` (same compute).", "",
              "### train_dist.py (1 rank, 2 cores) against plain Keras model.fit", "",
-             "| setting | plain Keras | train_dist.py | ratio |", "| --- | --- | --- | --- |"]
+             "Plain Keras as a user runs it leaves `TF_ENABLE_ONEDNN_OPTS` unset, which on a CPU "
+             "without AVX-512 VNNI/BF16 or AMX means oneDNN's kernels are off; the middle "
+             "column turns them on, to separate that from the rest.", "",
+             "| setting | plain Keras | plain Keras + oneDNN | train_dist.py | vs plain | "
+             "vs plain + oneDNN |", "| --- | --- | --- | --- | --- | --- |"]
     for key, base in r["baseline"].items():
-        ours = r["train"][key]
+        ours, onednn = r["train"][key], r["baseline_onednn"][key]
         lines.append(f"| {key.replace('_', ' ')}, batch {SIZES[int(key.split('px')[0])]} | "
-                     f"{_fmt(base)} | {_fmt(ours)} | {ours['median'] / base['median']:.2f} |")
+                     f"{_fmt(base)} | {_fmt(onednn)} | {_fmt(ours)} | {_ratio(ours, base)} | "
+                     f"{_ratio(ours, onednn)} |")
     lines += ["", "### float32 against bf16 (mixed_bfloat16), train_dist.py 1 rank", "",
               "| image size | batch | fp32 | bf16 | bf16 / fp32 |", "| --- | --- | --- | --- | --- |"]
     for size in sorted({int(k.split("px")[0]) for k in r["train"]}):
         f32, b16 = r["train"][f"{size}px_fp32"], r["train"][f"{size}px_bf16"]
         lines.append(f"| {size} | {SIZES[size]} | {_fmt(f32)} | {_fmt(b16)} | "
-                     f"{b16['median'] / f32['median']:.2f} |")
+                     f"{_ratio(b16, f32)} |")
     s = r["scaling"]
     lines += ["", "### 1 rank x 2 cores against 2 ranks x 1 core (32px fp32, batch 64 per rank)",
               "", "| layout | images/s (all ranks) |", "| --- | --- |",
               f"| 1 rank x 2 cores | {_fmt(s['1x2'])} |", f"| 2 ranks x 1 core | {_fmt(s['2x1'])} |",
               "", f"2 ranks x 1 core / 1 rank x 2 cores: "
-              f"{s['2x1']['median'] / s['1x2']['median']:.2f}. On 2 cores, \"2 ranks x half the "
+              f"{_ratio(s['2x1'], s['1x2'])}. On 2 cores, \"2 ranks x half the "
               "cores\" is the same layout as 2 x 1.", ""]
     p = r["pipeline"]
-    per_rank_need = s["2x1"]["median"] / 2
+    per_rank_need = s["2x1"].get("median", 0) / 2 or 1e-9
     lines += ["### Input pipeline alone, per rank (1 core)", "",
               f"- decoding the real JPEG tree from disk: {p['decode']:.0f} images/s "
               "(once per run, before training)",
               f"- tf.data crop + flip + batch from memory: {p['augment']:.0f} images/s, "
               f"{p['augment'] / per_rank_need:.0f}x what a rank of the 2 x 1 layout trains "
               f"({per_rank_need:.1f} images/s)", "", "Commands:", ""]
-    for group in ("baseline", "train"):
+    for group in ("baseline", "baseline_onednn", "train"):
         for key, v in r[group].items():
             lines.append(f"- `{v['command']}`")
     lines.append(f"- `{s['2x1']['command']}`")

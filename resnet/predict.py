@@ -10,6 +10,8 @@ import json
 import os
 import sys
 
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train_dist.py: before TensorFlow loads
+
 from absl import app, flags
 
 from resnet.errors import EXIT_USAGE, UsageError

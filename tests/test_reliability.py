@@ -105,3 +105,12 @@ def test_nan_loss_stops_keeps_last_good_checkpoint(tmp_path, image_tar):
     assert "lower --learning_rate" in proc.stderr
     assert sorted(os.listdir(model_dir / "checkpoints")) == good
     assert json.load(open(model_dir / "metrics.json"))["history"][-1]["epoch"] == 1
+
+
+def test_checkpoint_every_steps_inside_an_epoch(tmp_path, image_tar):
+    model_dir = tmp_path / "m"
+    args = [a for a in _args(image_tar, model_dir) if not a.startswith("--epochs")]
+    run_job(args + ["--epochs=1", "--checkpoint_every_steps=2", "--keep_checkpoints=5"])
+    # 48 images / batch 8 = 6 steps: mid-epoch at steps 2 and 4, then the epoch's end.
+    assert sorted(os.listdir(model_dir / "checkpoints")) == [
+        "ckpt-0000-000002", "ckpt-0000-000004", "ckpt-0001-000000"]
