@@ -72,7 +72,7 @@ def plain_keras(image_size, precision, batch, steps, onednn=None):
     """A user's model.fit; onednn=None leaves TF_ENABLE_ONEDNN_OPTS as TensorFlow defaults it."""
     cmd = [sys.executable, "-m", "resnet.bench_baseline", f"--image_size={image_size}",
            f"--precision={precision}", f"--batch_size={batch}", f"--steps={steps}"]
-    shown = ("TF_ENABLE_ONEDNN_OPTS=1 " if onednn else "") + " ".join(cmd[1:])
+    shown = ("TF_ENABLE_ONEDNN_OPTS=1 " if onednn else "") + "python " + " ".join(cmd[1:])
     out = _run(cmd, _env(onednn=onednn))
     if out is None:
         return {"command": shown, "timeout": TIMEOUT_S}
