@@ -15,7 +15,7 @@ def test_debug_mode_end_to_end_then_predict(tmp_path, image_tar, splits):
                    env={k: v for k, v in job_env(TF_CPP_MIN_LOG_LEVEL="0").items()
                         if k != "TF_ENABLE_ONEDNN_OPTS"})
     assert "Executing op" in proc.stderr or "device:CPU" in proc.stderr  # op placement shown
-    # train_dist.py turns oneDNN on where TensorFlow would not (AVX2-only CPUs): 7x here.
+    # train_dist.py turns oneDNN on where TensorFlow would not (AVX2-only CPUs): 5.7x here.
     assert "oneDNN custom operations are on" in proc.stderr
     metrics = json.loads((model_dir / "metrics.json").read_text())
     for key in ("test_accuracy", "test_loss", "per_class_accuracy", "confusion_matrix", "history",
