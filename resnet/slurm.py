@@ -93,13 +93,18 @@ def main(argv=None) -> int:
     if args.dry_run:
         return 0
     child = subprocess.Popen(cmd, env=dict(os.environ, **extra))
+    forwarded = []
 
     def forward(signum, frame):  # Slurm's warning reaches the batch shell: pass it to the ranks
+        forwarded.append(signum)
         child.send_signal(signum)
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(sig, forward)
     rc = child.wait()
-    if rc == EXIT_REQUEUE:
+    # Ranks that checkpointed on a signal exit 3; the first one out makes srun --kill-on-bad-exit
+    # terminate the rest, so srun's own code can be another non-zero one. After a forwarded
+    # signal, any failure of the step means "checkpointed, or killed while stopping": requeue.
+    if rc == EXIT_REQUEUE or (forwarded and rc != 0):
         print(f"checkpointed on a signal: requeueing job {os.environ['SLURM_JOB_ID']}",
               flush=True)
         requeue(os.environ["SLURM_JOB_ID"])
