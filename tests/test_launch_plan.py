@@ -135,3 +135,9 @@ def test_intel_mpi_and_srun_commands():
     assert "--cpus-per-task=56" in cmd and "--mpi=pmi2" in cmd
     with pytest.raises(UsageError, match="--launcher=ssh"):
         launch_plan.command(plan, "ssh", ["python"])
+
+
+def test_half_a_stated_topology_is_refused():
+    out = _run("mpirun.sh", "--dry_run", "--sockets", "2", "--ranks_per_node", "2")
+    assert out.returncode == 2
+    assert "--sockets and --cores_per_socket go together" in out.stderr

@@ -100,3 +100,10 @@ def test_plan_from_slurm_variables():
     assert cmd[:6] == ["mpirun", "-np", "8", "--map-by", "ppr:2:node:pe=56", "--bind-to"]
     with pytest.raises(UsageError, match="no Slurm allocation"):
         slurm.plan({}, "/m", [], "srun", "py", "t.py")
+
+
+def test_slurm_variable_that_is_not_a_number():
+    env = {"SLURM_JOB_ID": "7", "SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "2",
+           "SLURM_CPUS_PER_TASK": "lots"}
+    with pytest.raises(UsageError, match=r"\$SLURM_CPUS_PER_TASK=lots: not a number"):
+        slurm.plan(env, "/m", [], "srun", "py", "t.py")
