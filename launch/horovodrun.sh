@@ -2,8 +2,12 @@
 # One node: horovodrun with one rank per socket (or -np N), each bound to its own cores, with
 # per-rank oneDNN threads from the launch plan (resnet/launch_plan.py).
 #
-# Usage: launch/horovodrun.sh [-np N] [--dry_run] [-- train_dist.py flags...]
+# Usage: launch/horovodrun.sh [-np N] [--min-np A --max-np B --hosts-file F] [--dry_run]
+#                             [-- train_dist.py flags...]
 #   launch/horovodrun.sh -np 4 -- --data_dir=/data/cifar-10-batches-py --epochs=2
+# Elastic (Horovod Elastic, Gloo): between A and B ranks on the hosts listed in F (host:slots per
+# line, re-read while the job runs; launch/discover_hosts.sh); adds --elastic to train_dist.py.
+#   launch/horovodrun.sh -np 3 --min-np 2 --max-np 3 --hosts-file hosts.txt -- --epochs=2
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$root/launch/common.sh"
@@ -11,6 +15,9 @@ plan_args=(--launcher horovodrun)
 while (($#)); do
   case $1 in
     -np) plan_args+=(--ranks_per_node "$2"); shift 2 ;;
+    --min-np) plan_args+=(--min_np "$2"); shift 2 ;;
+    --max-np) plan_args+=(--max_np "$2"); shift 2 ;;
+    --hosts-file) plan_args+=(--hosts_file "$2"); shift 2 ;;
     --dry_run) plan_args+=(--dry_run); shift ;;
     -h|--help) usage "$0"; exit 0 ;;
     --) shift; break ;;

@@ -33,6 +33,9 @@ class State:
     phase: str  # 'head' (backbone frozen) or 'full'
     config: dict  # the Config that wrote it (image_size etc. for --eval_only)
     history: list  # per-epoch records so far
+    # Positions of the epoch's order already trained on (sharding.train_shard's `start`): what a
+    # resume with a different number of ranks (--elastic) needs, where `step` no longer fits.
+    examples_done: int = 0
 
     @property
     def name(self) -> str:

@@ -48,6 +48,8 @@ class Config:
     log_every_steps: int = 50
     keep_checkpoints: int = 3
     checkpoint_every_steps: int = 0  # 0: at the end of every epoch only
+    elastic: bool = False  # Horovod Elastic: ranks may die or join (resnet/elastic.py)
+    commit_every_steps: int = 10  # with elastic: steps between in-memory commits (rollback points)
     intra_op_threads: int = 0  # 0: from the launch plan ($OMP_NUM_THREADS) or this rank's CPUs
     inter_op_threads: int = 0  # 0: from $TF_NUM_INTEROP_THREADS, else 1
 
@@ -80,6 +82,7 @@ def _check(c: Config) -> None:
     positive("learning_rate", c.learning_rate)
     positive("log_every_steps", c.log_every_steps)
     positive("keep_checkpoints", c.keep_checkpoints)
+    positive("commit_every_steps", c.commit_every_steps)
     positive("max_train_examples", c.max_train_examples)
     positive("max_test_examples", c.max_test_examples)
     for name in ("epochs", "freeze_epochs", "warmup_epochs", "label_smoothing",
@@ -90,6 +93,16 @@ def _check(c: Config) -> None:
         raise UsageError("--epochs=0: nothing to train; give at least 1, or use --eval_only")
     if c.freeze_epochs > c.epochs:
         raise UsageError(f"--freeze_epochs={c.freeze_epochs} is more than --epochs={c.epochs}")
+    if c.elastic:
+        # Each of these needs a collective before training starts, which elastic mode must not
+        # have (a worker joining later would wait in it forever): see resnet/elastic.py.
+        for flag, value, why in (
+                ("freeze_epochs", c.freeze_epochs, "a second optimizer mid-run"),
+                ("download", c.download, "rank 0 downloading while the others wait"),
+                ("eval_only", c.eval_only, "nothing to be elastic about")):
+            if value:
+                raise UsageError(f"--elastic does not combine with --{flag} ({why}); run that "
+                                 "without --elastic")
     if c.label_smoothing >= 1:
         raise UsageError(f"--label_smoothing={c.label_smoothing}: must be below 1")
     if c.precision not in PRECISIONS:

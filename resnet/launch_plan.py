@@ -28,6 +28,7 @@ import shlex
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from resnet import discovery
 from resnet import topology as topo
 from resnet.errors import EXIT_USAGE, UsageError
 
@@ -160,10 +161,48 @@ def mpi_map_by(plan: Plan) -> str:
     return f"ppr:{plan.ranks_per_node}:node:pe={plan.cores_per_rank}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Elastic:
+    """horovodrun's elastic mode: between min_np and max_np ranks on the hosts the discovery
+    script names (launch/discover_hosts.sh, reading hosts_file)."""
+    np: int
+    min_np: int
+    max_np: int
+    hosts_file: str
+
+    def check(self) -> None:
+        if not 1 <= self.min_np <= self.np <= self.max_np:
+            raise UsageError(f"elastic: need 1 <= --min-np ({self.min_np}) <= -np ({self.np}) "
+                             f"<= --max-np ({self.max_np})")
+
+    def slots_per_host(self) -> int:
+        """The most ranks one host of the file runs: what the per-node thread plan is for."""
+        try:
+            with open(self.hosts_file) as f:
+                hosts = discovery.parse(f.read(), source=self.hosts_file)
+        except OSError as e:
+            raise UsageError(f"--hosts-file={self.hosts_file}: {e.strerror}; write one "
+                             "host:slots per line (launch/discover_hosts.sh reads it)") from e
+        if not hosts:
+            raise UsageError(f"--hosts-file={self.hosts_file}: names no host")
+        return max(slots for _, slots in hosts)
+
+
 def command(plan: Plan, launcher: str, program: Sequence[str], hosts: Optional[str] = None,
-            hostfile: Optional[str] = None, mpi: str = "pmix") -> List[str]:
+            hostfile: Optional[str] = None, mpi: str = "pmix",
+            elastic: Optional[Elastic] = None) -> List[str]:
     """The launcher command line that runs `program` on every rank with this plan."""
     n = plan.total_ranks
+    if elastic is not None:
+        if launcher != "horovodrun":
+            raise UsageError(f"elastic mode needs horovodrun, not {launcher}")
+        elastic.check()
+        script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "launch", "discover_hosts.sh")
+        # Gloo, not MPI (Horovod Elastic needs it), so no --bind-to: threads come from the env.
+        return (["horovodrun", "-np", str(elastic.np), "--min-np", str(elastic.min_np), "--max-np",
+                 str(elastic.max_np), "--host-discovery-script", script] + list(program) +
+                ["--elastic"])
     if launcher == "horovodrun":
         host_arg = ["-H", hosts or f"localhost:{plan.ranks_per_node}"]
         if hostfile:
@@ -233,6 +272,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cores_per_socket", type=int)
     p.add_argument("--threads_per_core", type=int, default=1)
     p.add_argument("--numa_nodes", type=int, default=None)
+    p.add_argument("--min_np", type=int, help="elastic (horovodrun): fewest ranks to go on with")
+    p.add_argument("--max_np", type=int, help="elastic (horovodrun): most ranks to take in")
+    p.add_argument("--hosts_file", help="elastic: host:slots lines, re-read while the job runs")
     p.add_argument("--dry_run", action="store_true", help="print the command and env, run nothing")
     p.add_argument("--program", default=None,
                    help="what each rank runs (default: this venv's python train_dist.py)")
@@ -251,12 +293,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               args.numa_nodes or args.sockets)
         else:
             t = topo.read()
-        plan = make(t, args.ranks_per_node or t.sockets, args.nodes,
-                    openmp=openmp_runtime_present())
+        elastic = None
+        if args.min_np is not None or args.max_np is not None or args.hosts_file:
+            if args.hosts_file is None:
+                raise UsageError("elastic mode needs --hosts_file (host:slots lines)")
+            np_ = args.ranks_per_node or args.min_np or 1
+            elastic = Elastic(np_, args.min_np or np_, args.max_np or np_,
+                              os.path.abspath(args.hosts_file))
+        # Elastic: -np counts ranks over all hosts; the thread plan is for one host's ranks.
+        per_node = elastic.slots_per_host() if elastic else args.ranks_per_node or t.sockets
+        plan = make(t, per_node, args.nodes, openmp=openmp_runtime_present())
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         program = (shlex.split(args.program) if args.program else
                    [sys.executable, os.path.join(root, "train_dist.py")]) + train_args
-        cmd = command(plan, args.launcher, program, args.hosts, args.hostfile, args.mpi)
+        cmd = command(plan, args.launcher, program, args.hosts, args.hostfile, args.mpi, elastic)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -266,6 +316,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.dry_run:
         return 0
     env = dict(os.environ, **plan.env)
+    if elastic is not None:
+        env["ELASTIC_HOSTS_FILE"] = elastic.hosts_file
     os.execvpe(cmd[0], cmd, env)
     return 0  # not reached
 

@@ -59,6 +59,14 @@ def start(intra_op_threads: int = 0, inter_op_threads: int = 0) -> World:
                  intra_op_threads=intra, inter_op_threads=inter)
 
 
+def current(world: World) -> World:
+    """`world` with the rank and size Horovod has now: elastic mode re-forms the job after a
+    rank dies or joins, and every rank-dependent choice must be made afresh from this."""
+    import horovod.tensorflow as hvd
+    return dataclasses.replace(world, rank=hvd.rank(), size=hvd.size(),
+                               local_rank=hvd.local_rank(), local_size=hvd.local_size())
+
+
 def chief_decides(world: World, decide: Callable[[], T]) -> T:
     """Run `decide` on rank 0 alone and hand its result, or its UsageError, to every rank.
 

@@ -70,3 +70,16 @@ class WarmupCosine(tf.keras.optimizers.schedules.LearningRateSchedule):
 def learning_rate(plan: Plan, offset: int = 0) -> WarmupCosine:
     return WarmupCosine(start=plan.config.learning_rate, peak=plan.peak_learning_rate,
                         warmup=plan.warmup_steps, total=plan.total_steps, offset=offset)
+
+
+def learning_rate_at(config: Config, position: float, world_size: int) -> float:
+    """The same warmup-cosine curve as WarmupCosine, with the position in epochs (fractional)
+    instead of steps, for the rank count in force now: elastic mode sets the rate every step,
+    because a step count means nothing once the number of ranks (and so the steps per epoch)
+    changes mid-run."""
+    start, peak = config.learning_rate, config.learning_rate * world_size
+    warmup, total = config.warmup_epochs, float(config.epochs)
+    if position < warmup:
+        return start + (peak - start) * position / warmup
+    progress = min(max((position - warmup) / max(total - warmup, 1e-9), 0.0), 1.0)
+    return 0.5 * peak * (1.0 + math.cos(math.pi * progress))

@@ -47,8 +47,19 @@ def _deal(order: np.ndarray, rank: int, world_size: int, batch_size: int) -> Sha
 
 
 def train_shard(num_examples: int, seed: int, epoch: int, rank: int, world_size: int,
-                batch_size: int) -> Shard:
-    return _deal(epoch_order(num_examples, seed, epoch), rank, world_size, batch_size)
+                batch_size: int, start: int = 0) -> Shard:
+    """This rank's part of epoch `epoch`, from position `start` of the epoch's order on.
+
+    Dealing is round-robin, so after s steps the ranks together have consumed exactly the first
+    s * batch * world_size positions of the order. `start` is that count: elastic mode resumes an
+    epoch with a different number of ranks by dealing only the rest of the same order.
+    """
+    return _deal(epoch_order(num_examples, seed, epoch)[start:], rank, world_size, batch_size)
+
+
+def examples_done(num_examples: int, steps: int, batch_size: int, world_size: int) -> int:
+    """Positions of the epoch's order consumed after `steps` steps (see train_shard)."""
+    return min(num_examples, steps * batch_size * world_size)
 
 
 def eval_shard(num_examples: int, rank: int, world_size: int, batch_size: int) -> Shard:

@@ -1,4 +1,4 @@
-"""train_and_evaluate(config): the whole job for one rank, start to metrics.json.
+"""train_andevaluate_test(config): the whole job for one rank, start to metrics.json.
 
 Flow: start Horovod and threads -> the chief checks --model_dir -> load and shard data -> build the
 model -> agree on the checkpoint to resume from -> for each phase (head only, then the whole
@@ -41,7 +41,7 @@ class Progress:
 
 # --- Start-up ---------------------------------------------------------------------------------
 
-def _check_model_dir(model_dir: str) -> None:
+def check_model_dir(model_dir: str) -> None:
     try:
         os.makedirs(model_dir, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=model_dir, prefix=".write-test-"):
@@ -84,12 +84,11 @@ def _phases(config: Config):
     return phases
 
 
-def _compile(model: tf.keras.Model, config: Config, plan: Plan, phase: str, first_epoch: int):
+def compile_model(model: tf.keras.Model, config: Config, rate, phase: str = "full"):
+    """Compile for `phase` with SGD at `rate` (a schedule, or a float the caller sets per step)."""
     import horovod.tensorflow.keras as hvd
     model_lib.backbone(model).trainable = phase == "full"
-    # The schedule continues across phases: a later phase's optimizer starts at its first step.
-    optimizer = tf.keras.optimizers.SGD(learning_rate(plan, first_epoch * plan.steps_per_epoch),
-                                        momentum=config.momentum)
+    optimizer = tf.keras.optimizers.SGD(rate, momentum=config.momentum)
     # Horovod: average gradients over ranks with allreduce before they are applied.
     optimizer = hvd.DistributedOptimizer(optimizer)
     model.compile(
@@ -108,7 +107,7 @@ def _broadcast(model: tf.keras.Model, optimizer) -> None:
     hvd.broadcast_variables(optimizer.variables, root_rank=0)
 
 
-def _trackables(model, optimizer=None, phase: Optional[str] = None) -> dict:
+def trackables(model, optimizer=None, phase: Optional[str] = None) -> dict:
     t = {"model": model}
     if optimizer is not None:
         t[f"optimizer_{phase}"] = optimizer  # per phase: each phase has its own optimizer
@@ -133,10 +132,12 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
     for phase, first, end in _phases(config):
         if progress.epoch >= end:
             continue
-        optimizer = _compile(model, config, plan, phase, first)
+        # The schedule continues across phases: a later phase's optimizer starts at its first step.
+        optimizer = compile_model(model, config,
+                                  learning_rate(plan, first * plan.steps_per_epoch), phase)
         if resume and world.is_chief:
             same_phase = state.phase == phase
-            checkpoints.restore(resume, _trackables(model, optimizer if same_phase else None,
+            checkpoints.restore(resume, trackables(model, optimizer if same_phase else None,
                                                     phase))
         resume = None  # restored once, at the first phase that runs
         _broadcast(model, optimizer)
@@ -145,9 +146,11 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
             if not world.is_chief:
                 return
             epoch = progress.epoch if epoch_done is None else epoch_done
+            done = sharding.examples_done(len(train), step, config.batch_size, world.size)
             st = checkpoints.State(epoch=epoch, step=step, phase=phase,
-                                   config=config.to_dict(), history=progress.history)
-            checkpoints.save(config.model_dir, _trackables(model, optimizer, phase), st,
+                                   config=config.to_dict(), history=progress.history,
+                                   examples_done=done)
+            checkpoints.save(config.model_dir, trackables(model, optimizer, phase), st,
                              config.keep_checkpoints)
 
         step_ckpt = (cb.StepCheckpoint(config.checkpoint_every_steps, save,
@@ -176,7 +179,7 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
                 progress.step += stop.steps_done
                 save(progress.step)  # mid-epoch: the resumed run skips the steps already done
                 _stop_after_checkpoint(world, stop, f"at epoch {epoch + 1}, step {progress.step}")
-            test_metrics = _evaluate(model, test, world, config, class_names)
+            test_metrics = evaluate_test(model, test, world, config, class_names)
             record = {"epoch": epoch + 1, "phase": phase,
                       "train_loss": float(fit.history["loss"][-1]),
                       "train_accuracy": float(fit.history["accuracy"][-1]),
@@ -204,7 +207,7 @@ def _stop_after_checkpoint(world: runtime.World, stop: cb.StopOnSignal, where: s
                        "checkpoint written, run the same command to resume")
 
 
-def _evaluate(model, test, world, config, class_names) -> dict:
+def evaluate_test(model, test, world, config, class_names) -> dict:
     import horovod.tensorflow.keras as hvd
 
     def allreduce_sum(values: np.ndarray) -> np.ndarray:
@@ -222,7 +225,7 @@ def _versions() -> dict:
             "python": platform.python_version(), "numpy": np.__version__}
 
 
-def _chief_save_model(config: Config, model, class_names) -> None:
+def chief_save_model(config: Config, model, class_names) -> None:
     tmp = os.path.join(config.model_dir, ".tmp-" + MODEL_FILE)
     # An uncompiled view of the same layers: the file then holds no Horovod optimizer or custom
     # schedule, and plain tf.keras.models.load_model opens it without this package.
@@ -232,7 +235,7 @@ def _chief_save_model(config: Config, model, class_names) -> None:
                                   list(class_names))
 
 
-def _metrics(config, world, test_metrics, history, extra) -> dict:
+def metrics_dict(config, world, test_metrics, history, extra) -> dict:
     return {**test_metrics, "history": history, "world_size": world.size,
             "global_batch_size": config.batch_size * world.size, "flags": config.to_dict(),
             "versions": _versions(), "command": " ".join(sys.argv), **extra}
@@ -241,13 +244,16 @@ def _metrics(config, world, test_metrics, history, extra) -> dict:
 def run(config: Config) -> dict:
     """Train (or with --eval_only, evaluate) and return the metrics; rank 0 writes them."""
     config = config.effective()
+    if config.elastic:
+        from resnet import elastic
+        return elastic.run(config)
     world = runtime.start(config.intra_op_threads, config.inter_op_threads)
     placement = runtime.gather_placement(world)
     if world.is_chief:
         logging.info("placement:\n%s", runtime.format_placement(placement))
     if config.debug:
         tf.debugging.set_log_device_placement(True)
-    runtime.chief_decides(world, lambda: _check_model_dir(config.model_dir))
+    runtime.chief_decides(world, lambda: check_model_dir(config.model_dir))
     model_lib.set_precision(config.precision)
     class_names = cifar.CLASS_NAMES
     train, test = load_data(config, world)
@@ -268,15 +274,15 @@ def run(config: Config) -> dict:
     progress, throughput, test_metrics = _train(config, world, plan, model, train, test, resume,
                                                 class_names)
     if test_metrics is None:  # already trained to --epochs: evaluate what the checkpoint holds
-        test_metrics = _evaluate(model, test, world, config, class_names)
-    metrics = _metrics(config, world, test_metrics, progress.history, {
+        test_metrics = evaluate_test(model, test, world, config, class_names)
+    metrics = metrics_dict(config, world, test_metrics, progress.history, {
         "images_per_second": throughput.images_per_second,
         "train_step_seconds": throughput.warm or throughput.cold,  # rank 0's clock, per step
         "train_minutes": (time.time() - started) / 60,
         "num_train_examples": len(train), "steps_per_epoch": plan.steps_per_epoch,
         "mode": "train"})
     if world.is_chief:
-        _chief_save_model(config, model, class_names)
+        chief_save_model(config, model, class_names)
         path = report.write(config.model_dir, metrics, class_names)
         logging.info("test accuracy %.4f on %d images; wrote %s", metrics["test_accuracy"],
                      metrics["test_examples"], path)
@@ -293,12 +299,12 @@ def _eval_only(config: Config, world, test, resume, class_names) -> dict:
     model = model_lib.build(len(class_names), image_size, "none", config.seed,
                             state.config.get("batchnorm", "frozen"))
     if world.is_chief:
-        checkpoints.restore(resume, _trackables(model))
+        checkpoints.restore(resume, trackables(model))
     import horovod.tensorflow as hvd
     # Horovod: rank 0 read the checkpoint; everyone evaluates the same weights.
     hvd.broadcast_variables(model.variables, root_rank=0)
-    test_metrics = _evaluate(model, test, world, config, class_names)
-    metrics = _metrics(config, world, test_metrics, state.history, {
+    test_metrics = evaluate_test(model, test, world, config, class_names)
+    metrics = metrics_dict(config, world, test_metrics, state.history, {
         "mode": "eval_only", "checkpoint": resume, "image_size": image_size,
         "images_per_second": None})
     if world.is_chief:

@@ -141,3 +141,51 @@ def test_half_a_stated_topology_is_refused():
     out = _run("mpirun.sh", "--dry_run", "--sockets", "2", "--ranks_per_node", "2")
     assert out.returncode == 2
     assert "--sockets and --cores_per_socket go together" in out.stderr
+
+
+def test_elastic_dry_run_and_refusals(tmp_path):
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text("# three names for this machine\nlocalhost:1\n127.0.0.1:1\nvm:2\n")
+    out = _run("horovodrun.sh", "--dry_run", "-np", "3", "--min-np", "2", "--max-np", "4",
+               "--hosts-file", str(hosts), "--", "--epochs=1")
+    assert out.returncode == 0, out.stderr
+    # The thread plan is for the most ranks one host runs (vm:2), not for -np.
+    assert "plan: 1 node(s) x 2 rank(s)" in out.stdout
+    command = [l for l in out.stdout.splitlines() if l.startswith("command: ")][0]
+    assert command.startswith("command: horovodrun -np 3 --min-np 2 --max-np 4 "
+                              "--host-discovery-script " + os.path.join(ROOT, "launch",
+                                                                        "discover_hosts.sh"))
+    assert "--binding-args" not in command  # Gloo: no mpirun binding
+    assert command.endswith("train_dist.py --epochs=1 --elastic")
+    for args, message in [
+            (["-np", "3", "--min-np", "4", "--hosts-file", str(hosts)], "--min-np (4) <= -np (3)"),
+            (["-np", "2", "--min-np", "1", "--hosts-file", str(tmp_path / "nope")],
+             "nope: No such file"),
+            (["-np", "2", "--min-np", "1"], "elastic mode needs --hosts_file")]:
+        out = _run("horovodrun.sh", "--dry_run", *args)
+        assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
+    with pytest.raises(UsageError, match="elastic mode needs horovodrun"):
+        launch_plan.command(launch_plan.make(T(1, 2, 1), 1), "mpirun", ["python"],
+                            elastic=launch_plan.Elastic(2, 1, 2, str(hosts)))
+
+
+def test_discovery_script_reads_the_hosts_file(tmp_path):
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text("node1:4  # a comment\n\nnode2\n")
+    script = os.path.join(ROOT, "launch", "discover_hosts.sh")
+    env = job_env(ELASTIC_HOSTS_FILE=str(hosts), ELASTIC_SLOTS="2")
+    out = subprocess.run([script], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["node1:4", "node2:2"]
+    # Edited while the job runs: the next call sees the change.
+    hosts.write_text("node2:2\n")
+    out = subprocess.run([script], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ["node2:2"]
+    for text, message in [("node1:0\n", "hosts.txt:1: 'node1:0' is not host or host:slots"),
+                          ("ok\nnode 3\n", "hosts.txt:2: 'node 3'")]:
+        hosts.write_text(text)
+        out = subprocess.run([script], env=env, capture_output=True, text=True)
+        assert out.returncode == 2 and message in out.stderr, out.stderr
+    out = subprocess.run([script], env=job_env(ELASTIC_HOSTS_FILE=""), capture_output=True,
+                         text=True)
+    assert out.returncode == 2 and "$ELASTIC_HOSTS_FILE is not set" in out.stderr

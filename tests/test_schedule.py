@@ -30,3 +30,16 @@ def test_later_phase_continues_the_curve():
     later = learning_rate(plan, offset=plan.steps_per_epoch)
     for step in (0, 3, 7):
         assert float(later(step)) == pytest.approx(float(whole(step + plan.steps_per_epoch)))
+
+
+def test_learning_rate_at_follows_the_step_curve_for_a_fixed_world():
+    from resnet.schedule import learning_rate_at
+    config = Config(epochs=2, warmup_epochs=0.5, learning_rate=0.01, weights="none")
+    plan = Plan(config, world_size=4, num_train=25600)  # 100 steps per epoch
+    steps = learning_rate(plan)
+    for step in (0, 10, 50, 73, 150, 199, 200):
+        position = step / plan.steps_per_epoch
+        assert learning_rate_at(config, position, 4) == pytest.approx(float(steps(step)),
+                                                                       abs=1e-7)
+    # Fewer ranks: the same point of the curve at the rate scaled for the ranks left.
+    assert learning_rate_at(config, 1.0, 2) == pytest.approx(learning_rate_at(config, 1.0, 4) / 2)

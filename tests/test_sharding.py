@@ -36,3 +36,19 @@ def test_eval_shards_cover_the_test_set_in_order():
     shards = [sharding.eval_shard(10, r, 3, 2) for r in range(3)]
     assert sorted(np.concatenate([s.real for s in shards]).tolist()) == list(range(10))
     assert shards[0].real.tolist() == [0, 3, 6, 9]
+
+
+@pytest.mark.parametrize("n,before,after,steps_before,batch", [
+    (1000, 3, 2, 7, 16), (1001, 2, 3, 5, 8), (97, 4, 1, 1, 5), (500, 1, 4, 3, 32)])
+def test_world_change_mid_epoch_sees_each_example_once(n, before, after, steps_before, batch):
+    # Elastic mode: `before` ranks run some steps, then `after` ranks finish the same epoch.
+    seen = []
+    for rank in range(before):
+        shard = sharding.train_shard(n, 3, 1, rank, before, batch)
+        seen.append(shard.indices[:steps_before * batch][shard.weights[:steps_before * batch] > 0])
+    done = sharding.examples_done(n, steps_before, batch, before)
+    for rank in range(after):
+        seen.append(sharding.train_shard(n, 3, 1, rank, after, batch, start=done).real)
+    seen = np.concatenate(seen)
+    assert len(seen) == n
+    assert np.array_equal(np.sort(seen), np.arange(n))

@@ -1,0 +1,238 @@
+"""--elastic: training that carries on when ranks die or join (Horovod Elastic).
+
+Launched by horovodrun with --min-np/--max-np and a host discovery script
+(launch/horovodrun.sh --min-np 2 --max-np 4; README "When things go wrong"). Against resnet.train:
+
+- Nothing collective runs before hvd.elastic.run: a worker that joins later executes this module
+  from the top while the others wait inside run() for it, so a broadcast or allgather outside it
+  would never be matched. Each rank checks --model_dir and loads the data by itself; rank 0 alone
+  reads the newest checkpoint (Horovod gives the oldest workers the lowest ranks, so rank 0 is
+  never a newcomer), and run() broadcasts its weights and state to everyone.
+- The state lives in memory on every rank (weights, momentum, epoch, examples done in the epoch,
+  history) and is committed every --commit_every_steps steps. When a rank dies, the survivors'
+  allreduce fails, they go back to the last commit, form a new ring with the ranks left, go on.
+- The rank count changes mid-run, so nothing may assume it fixed: the rest of the epoch's order is
+  dealt afresh to the ranks there are (sharding.train_shard's `start`), and the learning rate is
+  set every step from the position in epochs, scaled by the ranks there are now.
+- Rank 0, whoever that is now, writes a checkpoint at each epoch end as in the fixed-size mode, so
+  losing the whole job still resumes from disk, with or without --elastic.
+- No SIGTERM/SIGUSR1 handling: under an elastic launcher a signalled worker simply leaves and the
+  others go on; pre-emption of the whole job resumes from the last epoch's checkpoint.
+"""
+
+import json
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from resnet import callbacks as cb
+from resnet import checkpoints, cifar, pipeline, report, runtime, sharding, train
+from resnet import model as model_lib
+from resnet.config import Config
+from resnet.schedule import learning_rate_at
+
+
+def _broadcast_json(value):
+    """Rank 0's `value` on every rank, through JSON bytes: Horovod's own broadcast_object
+    unpickles what it receives, and this project unpickles nothing that can run code."""
+    import horovod.tensorflow as hvd
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    size = int(hvd.broadcast(tf.constant([len(data)], tf.int64), 0, name="state_len")[0])
+    buf = np.zeros(size, np.uint8)
+    if hvd.rank() == 0:
+        buf[:] = data
+    got = hvd.broadcast(tf.constant(buf), 0, name="state_bytes").numpy()
+    return json.loads(got.tobytes().decode())
+
+
+def _state_class():
+    from horovod.common.elastic import State
+
+    class TrainingState(State):
+        """What survivors roll back to. Horovod's KerasState calls optimizer.variables() as a
+        method, which Keras 2.15's optimizers made a property, so it fails here; this one also
+        keeps its Python fields in JSON (see _broadcast_json)."""
+
+        FIELDS = ("epoch", "done", "history", "train_logs")
+
+        def __init__(self, model, optimizer, **fields):
+            import horovod.tensorflow as hvd
+            self.model, self.optimizer = model, optimizer
+            for name in self.FIELDS:
+                setattr(self, name, fields[name])
+            super().__init__(bcast_object=_broadcast_json, get_rank=hvd.rank)
+            self.save()
+
+        def _variables(self):
+            return list(self.model.variables) + list(self.optimizer.variables)
+
+        def _fields(self) -> dict:
+            return {name: getattr(self, name) for name in self.FIELDS}
+
+        def save(self):
+            self._saved_values = [v.numpy() for v in self._variables()]
+            self._saved_fields = json.loads(json.dumps(self._fields()))  # a deep copy
+
+        def restore(self):
+            for var, value in zip(self._variables(), self._saved_values):
+                var.assign(value)
+            for name, value in json.loads(json.dumps(self._saved_fields)).items():
+                setattr(self, name, value)
+
+        def sync(self):
+            import horovod.tensorflow as hvd
+            hvd.broadcast_variables(self._variables(), root_rank=0)
+            for name, value in _broadcast_json(self._fields()).items():
+                setattr(self, name, value)
+            self.save()
+
+    return TrainingState
+
+
+class _Steps(tf.keras.callbacks.Callback):
+    """Before each step: the learning rate for this point of the run and this many ranks.
+    After it: the examples done in the epoch, and a commit every `commit_every` steps (in this
+    order, so a commit records the step it follows)."""
+
+    def __init__(self, state, config: Config, num_train: int, world_size: int):
+        super().__init__()
+        self.state, self.config = state, config
+        self.num_train, self.world_size = num_train, world_size
+        self.steps = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        position = self.state.epoch + self.state.done / self.num_train
+        self.model.optimizer.learning_rate.assign(
+            learning_rate_at(self.config, position, self.world_size))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.state.done = min(self.num_train,
+                              self.state.done + self.config.batch_size * self.world_size)
+        self.steps += 1
+        if self.steps % self.config.commit_every_steps == 0:
+            self.state.commit()
+
+
+def _as_horovod_error(func):
+    """Survivors see a dead peer as a TensorFlow op error from a Horovod collective (the
+    allreduce in the train step, the metric average, a broadcast). Horovod's elastic.run
+    recognises only some op names; every Horovod failure must mean "roll back and re-form"."""
+    from horovod.common.exceptions import HorovodInternalError
+
+    def wrapper(state, *args, **kwargs):
+        try:
+            return func(state, *args, **kwargs)
+        except tf.errors.OpError as e:
+            if "horovod" in str(e).lower():
+                raise HorovodInternalError(e) from e
+            raise
+    return wrapper
+
+
+def _resume(config: Config, model, optimizer) -> dict:
+    """Rank 0's starting fields: from the newest checkpoint, or the beginning."""
+    fields = dict(epoch=0, done=0, history=[], train_logs={})
+    path = checkpoints.latest(config.model_dir)
+    if path is None:
+        return fields
+    st = checkpoints.read_state(path)
+    if st.phase != "full":
+        logging.warning("%s was written in the head-only phase; its optimizer is not reused",
+                        path)
+    checkpoints.restore(path, train.trackables(model, optimizer if st.phase == "full" else None,
+                                               "full"))
+    done = st.examples_done
+    if st.step and not done:  # written before examples_done existed: redo that epoch
+        logging.warning("%s has no examples_done; epoch %d restarts from its beginning", path,
+                        st.epoch + 1)
+    logging.info("resuming from %s: epoch %d, %d examples of it done", path, st.epoch + 1, done)
+    return dict(epoch=st.epoch, done=done, history=list(st.history), train_logs={})
+
+
+def run(config: Config) -> dict:
+    import horovod.tensorflow.keras as hvd
+    first = runtime.start(config.intra_op_threads, config.inter_op_threads)
+    train.check_model_dir(config.model_dir)  # every rank on its own: no collective here
+    model_lib.set_precision(config.precision)
+    class_names = cifar.CLASS_NAMES
+    train_split, test_split = train.load_data(config, first)
+    n = len(train_split)
+    model = model_lib.build(len(class_names), config.image_size, config.weights, config.seed,
+                            config.batchnorm, config.bn_momentum)
+    # The rate is a variable that _Steps sets before every step.
+    optimizer = train.compile_model(model, config, config.learning_rate)
+    fields = (_resume(config, model, optimizer) if first.is_chief else
+              dict(epoch=0, done=0, history=[], train_logs={}))
+    state = _state_class()(model, optimizer, **fields)
+    started = time.time()
+    result = {}
+
+    @hvd.elastic.run
+    @_as_horovod_error
+    def loop(state):
+        world = runtime.current(first)
+        if world.is_chief:
+            logging.info("elastic: %d rank(s), global batch %d; at epoch %d, %d of %d examples "
+                         "done", world.size, config.batch_size * world.size, state.epoch + 1,
+                         state.done, n)
+        test_metrics = None
+        while state.epoch < config.epochs:
+            if state.done < n:
+                state.train_logs = _fit_rest_of_epoch(state, config, world, model, train_split)
+                state.commit()  # the epoch's training is safe; a failure now only re-evaluates
+            test_metrics = train.evaluate_test(model, test_split, world, config, class_names)
+            record = {"epoch": state.epoch + 1, "phase": "full", "world_size": world.size,
+                      "train_loss": state.train_logs.get("loss"),
+                      "train_accuracy": state.train_logs.get("accuracy"),
+                      "test_loss": test_metrics["test_loss"],
+                      "test_accuracy": test_metrics["test_accuracy"]}
+            state.history.append(record)
+            state.epoch, state.done, state.train_logs = state.epoch + 1, 0, {}
+            if world.is_chief:
+                logging.info("epoch %d/%d done on %d rank(s): test accuracy %.4f",
+                             state.epoch, config.epochs, world.size, record["test_accuracy"])
+                st = checkpoints.State(epoch=state.epoch, step=0, phase="full",
+                                       config=config.to_dict(), history=state.history)
+                checkpoints.save(config.model_dir, train.trackables(model, optimizer, "full"),
+                                 st, config.keep_checkpoints)
+            state.commit()
+        if test_metrics is None:  # resumed after the last epoch: evaluate what we hold
+            test_metrics = train.evaluate_test(model, test_split, world, config, class_names)
+        result.update(world=world, test_metrics=test_metrics)
+
+    loop(state)
+    world, test_metrics = result["world"], result["test_metrics"]
+    metrics = train.metrics_dict(config, world, test_metrics, state.history, {
+        "train_minutes": (time.time() - started) / 60, "num_train_examples": n,
+        "mode": "elastic", "images_per_second": None})
+    if world.is_chief:
+        train.chief_save_model(config, model, class_names)
+        path = report.write(config.model_dir, metrics, class_names)
+        logging.info("test accuracy %.4f on %d images on %d rank(s); wrote %s",
+                     metrics["test_accuracy"], metrics["test_examples"], world.size, path)
+    return metrics
+
+
+def _fit_rest_of_epoch(state, config: Config, world: runtime.World, model, train_split) -> dict:
+    """Train on the examples of epoch `state.epoch` not yet done, dealt to the ranks there are."""
+    import horovod.tensorflow.keras as hvd
+    n = len(train_split)
+    shard = sharding.train_shard(n, config.seed, state.epoch, world.rank, world.size,
+                                 config.batch_size, start=state.done)
+    steps = len(shard.indices) // config.batch_size
+    ds = pipeline.train_dataset(train_split, shard, config.batch_size, config.seed, state.epoch)
+    global_batch = config.batch_size * world.size
+    progress = cb.ProgressLog(config.log_every_steps, steps, config.epochs, global_batch,
+                              lambda: state.epoch, lambda: 0)
+    callbacks = [
+        _Steps(state, config, n, world.size),
+        # Horovod: average the epoch's metrics over ranks, before anything logs them.
+        hvd.callbacks.MetricAverageCallback(),
+        cb.StopOnNonFinite(lambda: state.epoch),
+    ] + ([progress] if world.is_chief else [])
+    fit = model.fit(ds, epochs=state.epoch + 1, initial_epoch=state.epoch, steps_per_epoch=steps,
+                    verbose=0, callbacks=callbacks)
+    return {k: float(v[-1]) for k, v in fit.history.items()}
+
