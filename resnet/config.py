@@ -48,8 +48,9 @@ class Config:
     log_every_steps: int = 50
     keep_checkpoints: int = 3
     checkpoint_every_steps: int = 0  # 0: at the end of every epoch only
+    hang_timeout: float = 1800  # s without a finished step: a rank froze, exit (0: never)
     elastic: bool = False  # Horovod Elastic: ranks may die or join (resnet/elastic.py)
-    commit_every_steps: int = 10  # with elastic: steps between in-memory commits (rollback points)
+    commit_every_steps: int = 10  # with elastic: steps between in-memory commits
     intra_op_threads: int = 0  # 0: from the launch plan ($OMP_NUM_THREADS) or this rank's CPUs
     inter_op_threads: int = 0  # 0: from $TF_NUM_INTEROP_THREADS, else 1
 
@@ -86,7 +87,8 @@ def _check(c: Config) -> None:
     positive("max_train_examples", c.max_train_examples)
     positive("max_test_examples", c.max_test_examples)
     for name in ("epochs", "freeze_epochs", "warmup_epochs", "label_smoothing",
-                 "checkpoint_every_steps", "intra_op_threads", "inter_op_threads", "momentum"):
+                 "checkpoint_every_steps", "hang_timeout", "intra_op_threads",
+                 "inter_op_threads", "momentum"):
         if getattr(c, name) < 0:
             raise UsageError(f"--{name}={getattr(c, name)}: must not be negative")
     if c.epochs == 0 and not c.eval_only:

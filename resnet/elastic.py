@@ -11,9 +11,9 @@ Launched by horovodrun with --min-np/--max-np and a host discovery script
 - The state lives in memory on every rank (weights, momentum, epoch, examples done in the epoch,
   history) and is committed every --commit_every_steps steps. When a rank dies, the survivors'
   allreduce fails, they go back to the last commit, form a new ring with the ranks left, go on.
-- The rank count changes mid-run, so nothing may assume it fixed: the rest of the epoch's order is
-  dealt afresh to the ranks there are (sharding.train_shard's `start`), and the learning rate is
-  set every step from the position in epochs, scaled by the ranks there are now.
+- The rank count changes mid-run, so nothing may assume it fixed: the rest of the epoch's order
+  is dealt afresh to the ranks there are (sharding.train_shard's `start`), and the learning rate
+  is set every step from the position in epochs, scaled by the ranks there are now.
 - Rank 0, whoever that is now, writes a checkpoint at each epoch end as in the fixed-size mode, so
   losing the whole job still resumes from disk, with or without --elastic.
 - No SIGTERM/SIGUSR1 handling: under an elastic launcher a signalled worker simply leaves and the

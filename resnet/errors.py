@@ -13,3 +13,4 @@ class UsageError(Exception):
 EXIT_USAGE = 2  # bad flags or data: fix the input, do not retry
 EXIT_REQUEUE = 3  # checkpointed on SIGTERM/SIGUSR1: resubmit the same command to resume
 EXIT_DIVERGED = 4  # loss became NaN/Inf: the last good checkpoint is kept
+EXIT_HUNG = 5  # no progress for --hang_timeout seconds (a rank froze): run it again

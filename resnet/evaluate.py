@@ -14,7 +14,8 @@ from resnet.cifar import Split
 
 
 def evaluate(model: tf.keras.Model, split: Split, rank: int, world_size: int, batch_size: int,
-             class_names: Sequence[str], allreduce_sum: Callable[[np.ndarray], np.ndarray]) -> dict:
+             class_names: Sequence[str], allreduce_sum: Callable[[np.ndarray], np.ndarray],
+             on_batch: Callable[[], None] = lambda: None) -> dict:
     num_classes = len(class_names)
     shard = sharding.eval_shard(len(split), rank, world_size, batch_size)
     predict = tf.function(lambda x: model(x, training=False))
@@ -27,6 +28,7 @@ def evaluate(model: tf.keras.Model, split: Split, rank: int, world_size: int, ba
         probs = probs[real]
         np.add.at(confusion, (truth, np.argmax(probs, axis=1)), 1)
         loss_sum += float(-np.log(np.clip(probs[np.arange(len(truth)), truth], 1e-12, 1)).sum())
+        on_batch()
     # Horovod: sum the counts over ranks; every rank gets the totals.
     total = allreduce_sum(np.concatenate([confusion.ravel(), [loss_sum]]))
     confusion = np.rint(total[:-1]).astype(np.int64).reshape(num_classes, num_classes)

@@ -54,10 +54,13 @@ def define() -> None:
     f.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "Checkpoints to keep.")
     f.DEFINE_integer("checkpoint_every_steps", _D.checkpoint_every_steps, "Also checkpoint "
                      "every N steps inside an epoch (0: epoch ends only).")
+    f.DEFINE_float("hang_timeout", _D.hang_timeout, "Seconds without a finished step or "
+                   "evaluation batch after which a rank decides the job froze and exits 5 "
+                   "(0: never). Not with --elastic.")
     f.DEFINE_bool("elastic", _D.elastic, "Horovod Elastic: survive ranks that die and take in "
                   "ranks that join (launch with launch/horovodrun.sh --min-np/--max-np).")
-    f.DEFINE_integer("commit_every_steps", _D.commit_every_steps, "With --elastic: steps between "
-                     "in-memory commits, the point survivors roll back to when a rank dies.")
+    f.DEFINE_integer("commit_every_steps", _D.commit_every_steps, "With --elastic: steps "
+                     "between in-memory commits, the point survivors roll back to.")
     f.DEFINE_integer("intra_op_threads", _D.intra_op_threads, "0: from the launch plan "
                      "($OMP_NUM_THREADS) or this rank's CPUs.")
     f.DEFINE_integer("inter_op_threads", _D.inter_op_threads, "0: $TF_NUM_INTEROP_THREADS "

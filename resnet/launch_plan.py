@@ -161,6 +161,16 @@ def mpi_map_by(plan: Plan) -> str:
     return f"ppr:{plan.ranks_per_node}:node:pe={plan.cores_per_rank}"
 
 
+def open_mpi(ranks: int, map_by: str, env_keys, extra: Sequence[str] = ()) -> List[str]:
+    """Open MPI's mpirun up to the program: ranks bound to cores, `env_keys` passed on."""
+    cmd = ["mpirun", "-np", str(ranks), "--map-by", map_by, "--bind-to", "core"] + list(extra)
+    if os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")  # Open MPI refuses root unless told
+    for key in sorted(env_keys):
+        cmd += ["-x", key]  # Open MPI passes only the variables named with -x to remote ranks
+    return cmd
+
+
 @dataclasses.dataclass(frozen=True)
 class Elastic:
     """horovodrun's elastic mode: between min_np and max_np ranks on the hosts the discovery
@@ -210,17 +220,9 @@ def command(plan: Plan, launcher: str, program: Sequence[str], hosts: Optional[s
         return (["horovodrun", "-np", str(n)] + host_arg +
                 [f"--binding-args=--map-by {mpi_map_by(plan)} --bind-to core"] + list(program))
     if launcher == "mpirun":  # Open MPI
-        cmd = ["mpirun", "-np", str(n), "--map-by", mpi_map_by(plan), "--bind-to", "core",
-               "--report-bindings"]
-        if os.geteuid() == 0:
-            cmd.append("--allow-run-as-root")  # Open MPI refuses root unless told
-        if hosts:
-            cmd += ["-H", hosts]
-        if hostfile:
-            cmd += ["--hostfile", hostfile]
-        for key in sorted(plan.env):
-            cmd += ["-x", key]  # Open MPI passes only the variables named with -x to remote ranks
-        return cmd + list(program)
+        where = (["-H", hosts] if hosts else []) + (["--hostfile", hostfile] if hostfile else [])
+        return open_mpi(n, mpi_map_by(plan), plan.env, ["--report-bindings"] + where) + list(
+            program)
     if launcher == "intel-mpirun":  # Intel MPI: pinning by domain, env through -genv
         cmd = ["mpirun", "-n", str(n), "-ppn", str(plan.ranks_per_node),
                "-genv", "I_MPI_PIN_DOMAIN", f"{plan.cpus_per_rank}:compact"]

@@ -17,7 +17,7 @@ import sys
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 from resnet.errors import EXIT_REQUEUE, EXIT_USAGE, UsageError
-from resnet.launch_plan import STALL_ENV
+from resnet.launch_plan import STALL_ENV, open_mpi
 
 LAUNCHERS = ("srun", "mpirun")
 
@@ -58,12 +58,7 @@ def plan(env: Mapping[str, str], model_dir: str, train_args: Sequence[str], laun
                f"--cpus-per-task={cpus}", "--cpu-bind=cores", f"--mpi={mpi}",
                "--kill-on-bad-exit=1"]  # one dead rank ends the step instead of hanging it
     elif launcher == "mpirun":  # Open MPI reads the allocation itself
-        cmd = ["mpirun", "-np", str(n), "--map-by", f"ppr:{per_node}:node:pe={cores}",
-               "--bind-to", "core"]
-        if os.geteuid() == 0:
-            cmd.append("--allow-run-as-root")
-        for key in sorted(extra):
-            cmd += ["-x", key]
+        cmd = open_mpi(n, f"ppr:{per_node}:node:pe={cores}", extra)
     else:
         raise UsageError(f"--launcher={launcher}: use srun or mpirun")
     return cmd + program, extra

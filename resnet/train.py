@@ -26,6 +26,7 @@ from resnet import model as model_lib
 from resnet.config import Config
 from resnet.errors import UsageError
 from resnet.schedule import Plan, learning_rate
+from resnet.watchdog import Watchdog
 
 MODEL_FILE = "model.keras"
 CLASS_NAMES_FILE = "class_names.json"
@@ -128,6 +129,8 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
                          state.step)
     throughput = cb.Throughput(plan.global_batch_size)
     stop = cb.StopOnSignal(world.size).install()
+    watchdog = Watchdog(config.hang_timeout, world.rank,
+                        lambda: f"epoch {progress.epoch + 1}, step {progress.step}").start()
     test_metrics = None  # stays None when the checkpoint already holds every epoch
     for phase, first, end in _phases(config):
         if progress.epoch >= end:
@@ -164,6 +167,7 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
             hvd.callbacks.MetricAverageCallback(),
             cb.StopOnNonFinite(lambda: progress.epoch),
             stop,
+            watchdog,
         ] + cb.chief_callbacks(world.is_chief, progress_log, throughput,
                                os.path.join(config.model_dir, "logs"), step_ckpt)
         for epoch in range(max(progress.epoch, first), end):
@@ -179,7 +183,7 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
                 progress.step += stop.steps_done
                 save(progress.step)  # mid-epoch: the resumed run skips the steps already done
                 _stop_after_checkpoint(world, stop, f"at epoch {epoch + 1}, step {progress.step}")
-            test_metrics = evaluate_test(model, test, world, config, class_names)
+            test_metrics = evaluate_test(model, test, world, config, class_names, watchdog.beat)
             record = {"epoch": epoch + 1, "phase": phase,
                       "train_loss": float(fit.history["loss"][-1]),
                       "train_accuracy": float(fit.history["accuracy"][-1]),
@@ -196,6 +200,7 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
             if stop.stopped:  # the signal came with the epoch's last step
                 _stop_after_checkpoint(world, stop, f"after epoch {epoch + 1}")
         progress.epoch = end
+    watchdog.stop()
     return progress, throughput, test_metrics
 
 
@@ -207,14 +212,14 @@ def _stop_after_checkpoint(world: runtime.World, stop: cb.StopOnSignal, where: s
                        "checkpoint written, run the same command to resume")
 
 
-def evaluate_test(model, test, world, config, class_names) -> dict:
+def evaluate_test(model, test, world, config, class_names, on_batch=lambda: None) -> dict:
     import horovod.tensorflow.keras as hvd
 
     def allreduce_sum(values: np.ndarray) -> np.ndarray:
         return hvd.allreduce(tf.constant(values, tf.float64), op=hvd.Sum,
                              name="eval_counts").numpy()
     return evaluate.evaluate(model, test, world.rank, world.size, config.batch_size, class_names,
-                             allreduce_sum)
+                             allreduce_sum, on_batch)
 
 
 # --- Results ----------------------------------------------------------------------------------

@@ -24,6 +24,10 @@ from resnet.errors import UsageError
     (dict(label_smoothing=1.0), "--label_smoothing=1.0: must be below 1"),
     (dict(batchnorm="sync"), "--batchnorm=sync: use one of frozen, train"),
     (dict(bn_momentum=1.0), "--bn_momentum=1.0: must be in [0, 1)"),
+    (dict(hang_timeout=-1), "--hang_timeout=-1: must not be negative"),
+    (dict(commit_every_steps=0), "--commit_every_steps=0: must be a positive number"),
+    (dict(elastic=True, download=True), "--elastic does not combine with --download"),
+    (dict(elastic=True, eval_only=True), "--elastic does not combine with --eval_only"),
 ])
 def test_bad_values_refused(kwargs, message):
     with pytest.raises(UsageError, match=re.escape(message)):

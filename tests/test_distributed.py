@@ -120,3 +120,40 @@ def test_a_dead_rank_ends_the_job_instead_of_hanging(tmp_path, image_tar):
     assert time.time() - t < 120  # bounded: mpirun notices the death and ends the others
     assert "rank 1" in rest, rest[-3000:]
     assert not os.path.exists(tmp_path / "m" / "metrics.json")
+
+
+def test_a_frozen_rank_ends_the_job_through_the_watchdog(tmp_path, image_tar):
+    # SIGSTOP freezes rank 1 whole, Horovod's background thread included: rank 0 then waits in
+    # an allreduce that no Horovod timeout ends. The watchdog must end it.
+    import signal
+    import time
+    cmd = [os.path.join(ROOT, "launch", "horovodrun.sh"), "-np", "2", "--",
+           f"--data_dir={image_tar}", f"--model_dir={tmp_path}/m", "--weights=none",
+           "--image_size=32", "--batch_size=8", "--epochs=50", "--log_every_steps=1",
+           "--hang_timeout=20"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=job_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "epoch 1/50 step 2/" in line:
+            break
+    victims = _rank_pids(1)
+    assert victims, "".join(seen)[-2000:]
+    os.kill(victims[0], signal.SIGSTOP)
+    t = time.time()
+    try:
+        rest = proc.stdout.read()
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in victims:  # never leave a stopped process behind, whatever happened
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert rc != 0
+    assert 20 <= time.time() - t < 120
+    assert "rank 0: no progress for" in rest and "--hang_timeout=20" in rest, rest[-3000:]
+    assert not os.path.exists(tmp_path / "m" / "metrics.json")

@@ -1,0 +1,135 @@
+"""Where train_dist.py's time goes against plain Keras: one measured step at a time.
+
+  .venv/bin/python -m resnet.bench_gap             # about 8 minutes on 2 cores
+
+Starts from the harness's plain Keras model.fit (resnet.bench_baseline, oneDNN on) and adds what
+train_dist.py does differently, one thing per row, each row in its own process with everything of
+the rows above it, all at 32 px, batch 64, fp32, 2 threads, synthetic data:
+
+  plain      keras.applications.ResNet50 under model.fit on float32 numpy arrays
+  model      resnet.model.build: uint8 input, caffe preprocessing as a frozen 1x1 conv, zero head
+  loss       one-hot labels, label-smoothing-ready CategoricalCrossentropy, sample weights and
+             weighted metrics (what the padded shards need)
+  pipeline   resnet.pipeline.train_dataset: tf.data with stateless crop + flip, prefetch
+  horovod    hvd.init() and hvd.DistributedOptimizer (1 rank)
+  callbacks  train_dist.py's callbacks: throughput, progress, TensorBoard, NaN check, signal
+             flag, watchdog, Horovod's metric average
+
+Prints a table of images/s (median, min-max of 3-step windows) and each row against `plain`;
+writes bench_out/gap.json. The rows are cumulative, so each row's change is that row's cost.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROWS = ("plain", "model", "loss", "pipeline", "horovod", "callbacks")
+BATCH, SIZE, STEPS = 64, 32, 15
+
+
+def _measure(row: str) -> list:
+    """Step seconds of one fit with everything up to and including `row` (in this process)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from resnet import callbacks as cb
+    from resnet import model as model_lib
+    from resnet import pipeline, sharding
+    from resnet.watchdog import Watchdog
+    upto = ROWS.index(row)
+    n = BATCH * STEPS
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, n).astype(np.int32)
+
+    if upto >= ROWS.index("model"):
+        model = model_lib.build(10, SIZE, "none", 0)
+    else:
+        inputs = tf.keras.Input((32, 32, 3))
+        x = tf.keras.applications.resnet50.preprocess_input(inputs)
+        base = tf.keras.applications.ResNet50(include_top=False, weights=None, pooling="avg",
+                                              input_shape=(SIZE, SIZE, 3))
+        outputs = tf.keras.layers.Dense(10, activation="softmax")(base(x, training=False))
+        model = tf.keras.Model(inputs, outputs)
+    optimizer = tf.keras.optimizers.SGD(0.001, momentum=0.9)
+    if upto >= ROWS.index("horovod"):
+        import horovod.tensorflow.keras as hvd
+        hvd.init()
+        optimizer = hvd.DistributedOptimizer(optimizer)
+    if upto >= ROWS.index("loss"):
+        model.compile(optimizer, tf.keras.losses.CategoricalCrossentropy(),
+                      weighted_metrics=[tf.keras.metrics.CategoricalAccuracy(name="accuracy")])
+    else:
+        model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
+
+    seconds = []
+
+    class Timer(tf.keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            seconds.append(time.perf_counter() - self.t)
+
+    callbacks = [Timer()]
+    if upto >= ROWS.index("callbacks"):
+        import tempfile
+
+        import horovod.tensorflow.keras as hvd
+        callbacks += [hvd.callbacks.MetricAverageCallback(), cb.StopOnNonFinite(lambda: 0),
+                      cb.StopOnSignal(1).install(), Watchdog(1800, 0, lambda: "").start(),
+                      cb.Throughput(BATCH),
+                      cb.ProgressLog(50, STEPS, 1, BATCH, lambda: 0, lambda: 0),
+                      tf.keras.callbacks.TensorBoard(tempfile.mkdtemp(), profile_batch=0)]
+    if upto >= ROWS.index("pipeline"):
+        shard = sharding.train_shard(n, 0, 0, 0, 1, BATCH)
+        ds = pipeline.train_dataset(pipeline.Split(images, labels), shard, BATCH, 0, 0)
+        model.fit(ds, epochs=1, verbose=0, callbacks=callbacks)
+    elif upto >= ROWS.index("loss"):
+        onehot = np.eye(10, dtype=np.float32)[labels]
+        model.fit(images, onehot, sample_weight=np.ones(n, np.float32), batch_size=BATCH,
+                  epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
+    else:
+        x = images.astype(np.float32) if upto == 0 else images
+        model.fit(x, labels, batch_size=BATCH, epochs=1, verbose=0, shuffle=False,
+                  callbacks=callbacks)
+    return seconds
+
+
+def main():
+    p = argparse.ArgumentParser(prog="python -m resnet.bench_gap")
+    p.add_argument("--row", choices=ROWS, help="(internal) measure one row in this process")
+    p.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
+    a = p.parse_args()
+    if a.row:
+        print(json.dumps(_measure(a.row)))
+        return
+    from resnet import bench
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, TF_ENABLE_ONEDNN_OPTS="1",
+               OMP_NUM_THREADS=str(len(os.sched_getaffinity(0))))
+    result = {}
+    for row in ROWS:
+        out = subprocess.run([sys.executable, "-m", "resnet.bench_gap", "--row", row], cwd=ROOT,
+                             env=env, capture_output=True, text=True, check=True)
+        seconds = json.loads(out.stdout.strip().splitlines()[-1])
+        result[row] = bench.summary(bench.windows(seconds, BATCH))
+        print(f"{row:10s} {result[row]['median']:6.1f} images/s "
+              f"({result[row]['min']:.1f}-{result[row]['max']:.1f})", file=sys.stderr,
+              flush=True)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "gap.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    base = result["plain"]["median"]
+    print("| row | images/s, median (min-max) | vs plain |\n| --- | --- | --- |")
+    for row in ROWS:
+        r = result[row]
+        print(f"| {row} | {r['median']:.1f} ({r['min']:.1f}-{r['max']:.1f}) | "
+              f"{r['median'] / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
