@@ -1,6 +1,6 @@
 """Where train_dist.py's time goes against plain Keras: one measured step at a time.
 
-  .venv/bin/python -m resnet.bench_gap             # about 8 minutes on 2 cores
+  .venv/bin/python -m resnet.bench_gap             # about 12 minutes on 2 cores
 
 Starts from the harness's plain Keras model.fit (resnet.bench_baseline, oneDNN on) and adds what
 train_dist.py does differently, one thing per row, each row in its own process with everything of
@@ -11,12 +11,14 @@ the rows above it, all at 32 px, batch 64, fp32, 2 threads, synthetic data:
   loss       one-hot labels, label-smoothing-ready CategoricalCrossentropy, sample weights and
              weighted metrics (what the padded shards need)
   pipeline   resnet.pipeline.train_dataset: tf.data with stateless crop + flip, prefetch
-  horovod    hvd.init() and hvd.DistributedOptimizer (1 rank)
-  callbacks  train_dist.py's callbacks: throughput, progress, TensorBoard, NaN check, signal
-             flag, watchdog, Horovod's metric average
+  horovod    hvd.init() and hvd.DistributedOptimizer at 1 rank (train_dist.py leaves the wrapper
+             out at 1 rank, where it has nothing to average; this row says what that saves)
+  guards     train_dist.py's NaN check, signal flag, watchdog and Horovod's metric average
+  logging    train_dist.py's throughput, progress lines and TensorBoard
 
-Prints a table of images/s (median, min-max of 3-step windows) and each row against `plain`;
-writes bench_out/gap.json. The rows are cumulative, so each row's change is that row's cost.
+Prints a table of images/s (median, min-max of 3-step windows pooled over --rounds rounds) and
+each row against `plain`; writes bench_out/gap.json. The rows are cumulative, so each row's change
+is that row's cost.
 """
 
 import argparse
@@ -27,7 +29,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROWS = ("plain", "model", "loss", "pipeline", "horovod", "callbacks")
+ROWS = ("plain", "model", "loss", "pipeline", "horovod", "guards", "logging")
 BATCH, SIZE, STEPS = 64, 32, 15
 
 
@@ -76,13 +78,13 @@ def _measure(row: str) -> list:
             seconds.append(time.perf_counter() - self.t)
 
     callbacks = [Timer()]
-    if upto >= ROWS.index("callbacks"):
-        import tempfile
-
+    if upto >= ROWS.index("guards"):
         import horovod.tensorflow.keras as hvd
         callbacks += [hvd.callbacks.MetricAverageCallback(), cb.StopOnNonFinite(lambda: 0),
-                      cb.StopOnSignal(1).install(), Watchdog(1800, 0, lambda: "").start(),
-                      cb.Throughput(BATCH),
+                      cb.StopOnSignal(1).install(), Watchdog(1800, 0, lambda: "").start()]
+    if upto >= ROWS.index("logging"):
+        import tempfile
+        callbacks += [cb.Throughput(BATCH),
                       cb.ProgressLog(50, STEPS, 1, BATCH, lambda: 0, lambda: 0),
                       tf.keras.callbacks.TensorBoard(tempfile.mkdtemp(), profile_batch=0)]
     if upto >= ROWS.index("pipeline"):
@@ -103,6 +105,7 @@ def _measure(row: str) -> list:
 def main():
     p = argparse.ArgumentParser(prog="python -m resnet.bench_gap")
     p.add_argument("--row", choices=ROWS, help="(internal) measure one row in this process")
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
     a = p.parse_args()
     if a.row:
@@ -111,15 +114,19 @@ def main():
     from resnet import bench
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, TF_ENABLE_ONEDNN_OPTS="1",
                OMP_NUM_THREADS=str(len(os.sched_getaffinity(0))))
-    result = {}
-    for row in ROWS:
-        out = subprocess.run([sys.executable, "-m", "resnet.bench_gap", "--row", row], cwd=ROOT,
-                             env=env, capture_output=True, text=True, check=True)
-        seconds = json.loads(out.stdout.strip().splitlines()[-1])
-        result[row] = bench.summary(bench.windows(seconds, BATCH))
-        print(f"{row:10s} {result[row]['median']:6.1f} images/s "
-              f"({result[row]['min']:.1f}-{result[row]['max']:.1f})", file=sys.stderr,
-              flush=True)
+    # The machine drifts by tens of percent over minutes: every row runs once per round, in
+    # forward then reverse order, and its windows from all rounds are pooled.
+    rates = {row: [] for row in ROWS}
+    for round_ in range(a.rounds):
+        for row in (ROWS if round_ % 2 == 0 else ROWS[::-1]):
+            out = subprocess.run([sys.executable, "-m", "resnet.bench_gap", "--row", row],
+                                 cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+            seconds = json.loads(out.stdout.strip().splitlines()[-1])
+            rates[row] += bench.windows(seconds, BATCH)
+            print(f"round {round_ + 1} {row:10s} "
+                  f"{bench.summary(bench.windows(seconds, BATCH))['median']:6.1f} images/s",
+                  file=sys.stderr, flush=True)
+    result = {row: bench.summary(r) for row, r in rates.items()}
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "gap.json"), "w") as f:
         json.dump(result, f, indent=2)

@@ -85,13 +85,17 @@ def _phases(config: Config):
     return phases
 
 
-def compile_model(model: tf.keras.Model, config: Config, rate, phase: str = "full"):
-    """Compile for `phase` with SGD at `rate` (a schedule, or a float the caller sets per step)."""
+def compile_model(model: tf.keras.Model, config: Config, rate, phase: str = "full",
+                  distributed: bool = True):
+    """Compile for `phase` with SGD at `rate` (a schedule, or a float the caller sets per step).
+    `distributed=False` (one rank, not elastic) leaves Horovod's optimizer out: with nothing to
+    average it would still hand every gradient to Horovod's background thread each step."""
     import horovod.tensorflow.keras as hvd
     model_lib.backbone(model).trainable = phase == "full"
     optimizer = tf.keras.optimizers.SGD(rate, momentum=config.momentum)
-    # Horovod: average gradients over ranks with allreduce before they are applied.
-    optimizer = hvd.DistributedOptimizer(optimizer)
+    if distributed:
+        # Horovod: average gradients over ranks with allreduce before they are applied.
+        optimizer = hvd.DistributedOptimizer(optimizer)
     model.compile(
         optimizer=optimizer,
         loss=tf.keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
@@ -137,7 +141,8 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
             continue
         # The schedule continues across phases: a later phase's optimizer starts at its first step.
         optimizer = compile_model(model, config,
-                                  learning_rate(plan, first * plan.steps_per_epoch), phase)
+                                  learning_rate(plan, first * plan.steps_per_epoch), phase,
+                                  distributed=world.size > 1)
         if resume and world.is_chief:
             same_phase = state.phase == phase
             checkpoints.restore(resume, trackables(model, optimizer if same_phase else None,
