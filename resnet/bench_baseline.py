@@ -15,6 +15,20 @@ import numpy as np
 import tensorflow as tf
 
 
+class StepTimer(tf.keras.callbacks.Callback):
+    """The seconds of every training step."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.t = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seconds.append(time.perf_counter() - self.t)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--image_size", type=int, default=32)
@@ -40,17 +54,9 @@ def main():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8).astype(np.float32)
     labels = rng.integers(0, 10, n)
-    seconds = []
-
-    class Timer(tf.keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            self.t = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            seconds.append(time.perf_counter() - self.t)
-
-    model.fit(images, labels, batch_size=a.batch_size, epochs=1, verbose=0, callbacks=[Timer()])
-    print(json.dumps({"step_seconds": seconds}))
+    timer = StepTimer()
+    model.fit(images, labels, batch_size=a.batch_size, epochs=1, verbose=0, callbacks=[timer])
+    print(json.dumps({"step_seconds": timer.seconds}))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = ("plain", "model", "loss", "pipeline", "horovod", "guards", "logging")
@@ -41,6 +40,7 @@ def _measure(row: str) -> list:
     from resnet import callbacks as cb
     from resnet import model as model_lib
     from resnet import pipeline, sharding
+    from resnet.bench_baseline import StepTimer
     from resnet.watchdog import Watchdog
     upto = ROWS.index(row)
     n = BATCH * STEPS
@@ -68,16 +68,8 @@ def _measure(row: str) -> list:
     else:
         model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
 
-    seconds = []
-
-    class Timer(tf.keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            self.t = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            seconds.append(time.perf_counter() - self.t)
-
-    callbacks = [Timer()]
+    timer = StepTimer()
+    callbacks = [timer]
     if upto >= ROWS.index("guards"):
         import horovod.tensorflow.keras as hvd
         callbacks += [hvd.callbacks.MetricAverageCallback(), cb.StopOnNonFinite(lambda: 0),
@@ -99,7 +91,7 @@ def _measure(row: str) -> list:
         x = images.astype(np.float32) if upto == 0 else images
         model.fit(x, labels, batch_size=BATCH, epochs=1, verbose=0, shuffle=False,
                   callbacks=callbacks)
-    return seconds
+    return timer.seconds
 
 
 def main():

@@ -60,3 +60,33 @@ def horovodrun(np_ranks):
     hr = os.path.join(os.path.dirname(sys.executable), "horovodrun")
     # horovodrun itself adds Open MPI's --allow-run-as-root (CI runs as root).
     return [hr, "-np", str(np_ranks), "-H", f"localhost:{np_ranks}"]
+
+
+def start_until(cmd, text, env=None):
+    """Start `cmd` (stdout and stderr merged) and read its output up to the first line holding
+    `text`; (process, the output so far). The rest is left to read."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env or job_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            break
+    return proc, "".join(seen)
+
+
+def rank_pids(rank, marker, variable="OMPI_COMM_WORLD_RANK"):
+    """PIDs of this test's train_dist.py processes (`marker` in the command line, e.g. its
+    model_dir) that the launcher started as `rank`: Open MPI sets OMPI_COMM_WORLD_RANK, elastic
+    horovodrun HOROVOD_RANK."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if (b"train_dist.py" in cmdline and marker.encode() in cmdline
+                and f"{variable}={rank}".encode() in environ):
+            pids.append(int(pid))
+    return pids

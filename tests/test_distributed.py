@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SHARED_WEIGHTS, horovodrun, job_env, run_job
+from conftest import ROOT, SHARED_WEIGHTS, horovodrun, job_env, rank_pids, run_job, start_until
 
 
 def test_shards_under_real_ranks(tmp_path):
@@ -83,35 +83,14 @@ def test_two_ranks_train_then_identical_eval_on_1_and_2_ranks(tmp_path, image_ta
     assert trained["test_accuracy"] == one["test_accuracy"]
 
 
-def _rank_pids(rank):
-    """PIDs of train_dist.py processes that Open MPI started as `rank`."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
-            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if b"train_dist.py" in cmdline and f"OMPI_COMM_WORLD_RANK={rank}".encode() in environ:
-            pids.append(int(pid))
-    return pids
-
 
 def test_a_dead_rank_ends_the_job_instead_of_hanging(tmp_path, image_tar):
     import signal
     import time
-    cmd = [os.path.join(ROOT, "launch", "horovodrun.sh"), "-np", "2", "--",
-           f"--data_dir={image_tar}", f"--model_dir={tmp_path}/m", "--weights=none",
-           "--image_size=32", "--batch_size=8", "--epochs=50", "--log_every_steps=1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=job_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "epoch 1/50 step 2/" in line:
-            break
-    victims = _rank_pids(1)
-    assert victims, "".join(seen)[-2000:]
+    model_dir = str(tmp_path / "m")
+    proc, seen = start_until(_fifty_epochs(image_tar, model_dir), "epoch 1/50 step 2/")
+    victims = rank_pids(1, model_dir)
+    assert victims, seen[-2000:]
     os.kill(victims[0], signal.SIGKILL)
     t = time.time()
     rest = proc.stdout.read()
@@ -119,7 +98,13 @@ def test_a_dead_rank_ends_the_job_instead_of_hanging(tmp_path, image_tar):
     assert rc != 0
     assert time.time() - t < 120  # bounded: mpirun notices the death and ends the others
     assert "rank 1" in rest, rest[-3000:]
-    assert not os.path.exists(tmp_path / "m" / "metrics.json")
+    assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
+
+
+def _fifty_epochs(image_tar, model_dir, *extra):
+    return [os.path.join(ROOT, "launch", "horovodrun.sh"), "-np", "2", "--",
+            f"--data_dir={image_tar}", f"--model_dir={model_dir}", "--weights=none",
+            "--image_size=32", "--batch_size=8", "--epochs=50", "--log_every_steps=1", *extra]
 
 
 def test_a_frozen_rank_ends_the_job_through_the_watchdog(tmp_path, image_tar):
@@ -127,19 +112,11 @@ def test_a_frozen_rank_ends_the_job_through_the_watchdog(tmp_path, image_tar):
     # an allreduce that no Horovod timeout ends. The watchdog must end it.
     import signal
     import time
-    cmd = [os.path.join(ROOT, "launch", "horovodrun.sh"), "-np", "2", "--",
-           f"--data_dir={image_tar}", f"--model_dir={tmp_path}/m", "--weights=none",
-           "--image_size=32", "--batch_size=8", "--epochs=50", "--log_every_steps=1",
-           "--hang_timeout=20"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=job_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "epoch 1/50 step 2/" in line:
-            break
-    victims = _rank_pids(1)
-    assert victims, "".join(seen)[-2000:]
+    model_dir = str(tmp_path / "m")
+    proc, seen = start_until(_fifty_epochs(image_tar, model_dir, "--hang_timeout=20"),
+                             "epoch 1/50 step 2/")
+    victims = rank_pids(1, model_dir)
+    assert victims, seen[-2000:]
     os.kill(victims[0], signal.SIGSTOP)
     t = time.time()
     try:
@@ -156,4 +133,4 @@ def test_a_frozen_rank_ends_the_job_through_the_watchdog(tmp_path, image_tar):
     assert rc != 0
     assert 20 <= time.time() - t < 120
     assert "rank 0: no progress for" in rest and "--hang_timeout=20" in rest, rest[-3000:]
-    assert not os.path.exists(tmp_path / "m" / "metrics.json")
+    assert not os.path.exists(os.path.join(model_dir, "metrics.json"))

@@ -5,26 +5,10 @@ import math
 import os
 import re
 import signal
-import subprocess
 
 import pytest
 
-from conftest import ROOT, SHARED_WEIGHTS, job_env, run_job
-
-
-def _worker_pids(rank, marker):
-    """PIDs of train_dist.py workers that elastic horovodrun started as `rank` for this test."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
-            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if (b"train_dist.py" in cmdline and marker.encode() in cmdline
-                and f"HOROVOD_RANK={rank}".encode() in environ):
-            pids.append(int(pid))
-    return pids
+from conftest import ROOT, SHARED_WEIGHTS, rank_pids, run_job, start_until
 
 
 @pytest.mark.skipif(not os.path.exists(SHARED_WEIGHTS), reason="needs the ImageNet weights")
@@ -39,20 +23,14 @@ def test_killing_rank_0_of_3_mid_epoch_the_others_finish_and_evaluate_right(tmp_
     cmd = [os.path.join(ROOT, "launch", "horovodrun.sh"), "-np", "3", "--min-np", "2",
            "--max-np", "3", "--hosts-file", str(hosts), "--"] + common + [
         "--epochs=2", "--log_every_steps=1", "--commit_every_steps=2", "--intra_op_threads=1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=job_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "epoch 1/2 step 3/" in line:  # 80 images / global batch 12: 7 steps in epoch 1
-            break
+    proc, seen = start_until(cmd, "epoch 1/2 step 3/")  # 80 images / 12 a step: 7 steps
     # Rank 0: the checkpoint writer and the root of every broadcast; a survivor takes over.
-    victims = _worker_pids(0, model_dir)
-    assert len(victims) == 1, "".join(seen)[-3000:]
+    victims = rank_pids(0, model_dir, "HOROVOD_RANK")
+    assert len(victims) == 1, seen[-3000:]
     os.kill(victims[0], signal.SIGKILL)
     rest = proc.stdout.read()
     rc = proc.wait(timeout=600)
-    log = "".join(seen) + rest
+    log = seen + rest
     assert rc == 0, log[-6000:]
     assert "elastic: 3 rank(s), global batch 12; at epoch 1, 0 of 80 examples done" in log
     # The survivors went back to the last commit (every 2 steps of 12 examples), mid-epoch,
