@@ -4,17 +4,17 @@ Horovod's stall check (HOROVOD_STALL_SHUTDOWN_TIME_SECONDS, set by the launch pl
 rank whose training thread stops submitting tensors while the process lives on. It cannot catch a
 rank that is frozen whole (SIGSTOP, a node thrashing, a read stuck in the kernel on a hung network
 file system): Horovod's background thread on that rank stops too, the others wait inside an MPI or
-Gloo collective, and nothing there times out. So every rank runs this watchdog: a thread that ends
-its own process with EXIT_HUNG when no training step or evaluation has finished for
---hang_timeout seconds. The launcher sees a rank exit non-zero and ends the rest (the frozen one
-included); the same command resumes from the last checkpoint.
+Gloo collective, and nothing there times out. So every rank runs this watchdog: a thread that
+ends its own process with EXIT_HUNG when, once the first training step is done, no step or
+evaluation batch has finished for --hang_timeout seconds. The launcher sees a rank exit non-zero
+and ends the rest (the frozen one included); the same command resumes from the last checkpoint.
 """
 
 import os
 import sys
 import threading
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import tensorflow as tf
 from absl import logging
@@ -31,7 +31,9 @@ class Watchdog(tf.keras.callbacks.Callback):
     def __init__(self, timeout_seconds: float, rank: int, where: Callable[[], str]):
         super().__init__()
         self.timeout, self.rank, self._where = timeout_seconds, rank, where
-        self._last = time.monotonic()
+        # Armed by the first beat: before it, tracing the step and creating oneDNN's kernels can
+        # take minutes at large image sizes, and that is no sign of a frozen rank.
+        self._last: Optional[float] = None
         self._stop = threading.Event()
 
     def start(self) -> "Watchdog":
@@ -56,6 +58,8 @@ class Watchdog(tf.keras.callbacks.Callback):
 
     def _watch(self) -> None:
         while not self._stop.wait(self.POLL_SECONDS):
+            if self._last is None:
+                continue
             idle = time.monotonic() - self._last
             if idle > self.timeout:
                 message = (f"rank {self.rank}: no progress for {idle:.0f} s (--hang_timeout="
