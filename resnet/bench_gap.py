@@ -15,6 +15,8 @@ the rows above it, all at 32 px, batch 64, fp32, 2 threads, synthetic data:
              out at 1 rank, where it has nothing to average; this row says what that saves)
   guards     train_dist.py's NaN check, signal flag, watchdog and Horovod's metric average
   logging    train_dist.py's throughput, progress lines and TensorBoard
+  threads    train_dist.py's thread pools (resnet.runtime.thread_counts: intra-op = the rank's
+             CPUs, inter-op = 1) instead of TensorFlow's defaults
 
 Prints a table of images/s (median, min-max of 3-step windows pooled over --rounds rounds) and
 each row against `plain`; writes bench_out/gap.json. The rows are cumulative, so each row's change
@@ -28,7 +30,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROWS = ("plain", "model", "loss", "pipeline", "horovod", "guards", "logging")
+ROWS = ("plain", "model", "loss", "pipeline", "horovod", "guards", "logging", "threads")
 BATCH, SIZE, STEPS = 64, 32, 15
 
 
@@ -43,6 +45,11 @@ def _measure(row: str) -> list:
     from resnet.bench_baseline import StepTimer
     from resnet.watchdog import Watchdog
     upto = ROWS.index(row)
+    if upto >= ROWS.index("threads"):
+        from resnet import runtime
+        intra, inter = runtime.thread_counts()
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
     n = BATCH * STEPS
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)

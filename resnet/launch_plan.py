@@ -11,8 +11,10 @@ Why the numbers are what they are (Intel's TensorFlow/Horovod CPU recipes, and m
   hyper-thread sibling adds nothing to them. With 8+ cores per rank and no hyper-threading, one
   core is left to Horovod's background thread and tf.data (a stalled allreduce costs more than
   1/8 of the compute); with hyper-threading the spare sibling threads host them for free.
-- inter-op threads = 1 per socket the rank spans: ResNet50's graph is a chain of large ops; more
-  concurrent ops only split the cores between them.
+- inter-op threads = 2 for a rank of 2+ cores (1 per socket it spans if that is more), 1 for a
+  one-core rank: two ops in flight overlap the backward pass's independent gradient ops. Measured
+  at 1 rank x 2 cores: 111 images/s with 2 against 94 with 1 (+17%, interleaved runs,
+  BENCHMARKS.md); larger counts could not be measured on this 2-core machine.
 - OMP_NUM_THREADS = intra-op threads: OpenMP builds of TensorFlow (Intel's) size their pool from
   it, and train_dist.py reads it as the intra-op default. KMP_AFFINITY/KMP_BLOCKTIME only matter
   where Intel's OpenMP runtime is loaded; stock tensorflow-cpu uses Eigen's threads, and there
@@ -116,7 +118,7 @@ def make(t: topo.Topology, ranks_per_node: int, nodes: int = 1, openmp: bool = F
         notes.append("one core per rank left to Horovod's background thread and tf.data")
     else:
         intra = cores_per_rank
-    inter = sockets_per_rank
+    inter = inter_op_threads(cores_per_rank, sockets_per_rank)
     slots = []
     for r in range(ranks_per_node):
         if per_socket:
@@ -159,6 +161,11 @@ def mpi_map_by(plan: Plan) -> str:
     if plan.ranks_per_socket:
         return f"ppr:{plan.ranks_per_socket}:socket:pe={plan.cores_per_rank}"
     return f"ppr:{plan.ranks_per_node}:node:pe={plan.cores_per_rank}"
+
+
+def inter_op_threads(cores: int, sockets: int = 1) -> int:
+    """TensorFlow inter-op threads for a rank with `cores` physical cores (see the top)."""
+    return max(2, sockets) if cores >= 2 else 1
 
 
 def open_mpi(ranks: int, map_by: str, env_keys, extra: Sequence[str] = ()) -> List[str]:

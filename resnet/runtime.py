@@ -39,10 +39,12 @@ def _env_int(name: str) -> int:
 
 def thread_counts(intra: int = 0, inter: int = 0):
     """(intra, inter) op threads: the flag if set, else what the launch plan exported, else
-    one intra-op thread per CPU this process may run on and one inter-op thread (ResNet50's graph
-    is a chain: a second concurrent op only steals cores from the convolution)."""
-    intra = intra or _env_int("OMP_NUM_THREADS") or len(os.sched_getaffinity(0))
-    inter = inter or _env_int("TF_NUM_INTEROP_THREADS") or 1
+    one intra-op thread per CPU this process may run on and the launch plan's inter-op rule
+    (2 from 2 CPUs up: +17% measured at 2 cores against 1)."""
+    from resnet.launch_plan import inter_op_threads
+    cpus = len(os.sched_getaffinity(0))
+    intra = intra or _env_int("OMP_NUM_THREADS") or cpus
+    inter = inter or _env_int("TF_NUM_INTEROP_THREADS") or inter_op_threads(min(intra, cpus))
     return intra, inter
 
 

@@ -17,7 +17,7 @@ import sys
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 from resnet.errors import EXIT_REQUEUE, EXIT_USAGE, UsageError
-from resnet.launch_plan import STALL_ENV, open_mpi
+from resnet.launch_plan import STALL_ENV, inter_op_threads, open_mpi
 
 LAUNCHERS = ("srun", "mpirun")
 
@@ -49,7 +49,7 @@ def plan(env: Mapping[str, str], model_dir: str, train_args: Sequence[str], laun
         raise UsageError(f"--cpus-per-task={cpus} --ntasks-per-node={per_node}: need at least 1")
     # Slurm counts logical CPUs; oneDNN wants one thread per physical core.
     cores = max(1, cpus // threads_per_core)
-    extra = {"OMP_NUM_THREADS": str(cores), "TF_NUM_INTEROP_THREADS": "1",
+    extra = {"OMP_NUM_THREADS": str(cores), "TF_NUM_INTEROP_THREADS": str(inter_op_threads(cores)),
              "TF_ENABLE_ONEDNN_OPTS": "1", **STALL_ENV}
     program = [python, train_script, f"--model_dir={model_dir}"] + list(train_args)
     n = nodes * per_node

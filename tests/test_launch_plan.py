@@ -30,7 +30,7 @@ def test_two_sockets_28_cores_no_ht_one_rank_per_socket():
     plan = launch_plan.make(T(2, 28, 1), 2)
     assert plan.cores_per_rank == 28
     assert plan.intra_op_threads == 27  # one core left to Horovod's thread and tf.data
-    assert plan.inter_op_threads == 1
+    assert plan.inter_op_threads == 2
     assert [s.sockets for s in plan.slots] == [(0,), (1,)]
     assert _cores(plan) == [tuple(range(0, 28)), tuple(range(28, 56))]
     assert launch_plan.mpi_map_by(plan) == "ppr:1:socket:pe=28"
@@ -104,9 +104,9 @@ def test_dry_run_prints_command_and_env():
                "--ranks_per_node", "2", "--nodes", "2", "--hosts", "n1:2,n2:2", "--",
                "--epochs=3")
     assert out.returncode == 0, out.stderr
-    assert "plan: 2 node(s) x 2 rank(s) = 4; 28 core(s)/rank; intra-op 27, inter-op 1" in out.stdout
+    assert "plan: 2 node(s) x 2 rank(s) = 4; 28 core(s)/rank; intra-op 27, inter-op 2" in out.stdout
     assert ("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS=600 OMP_NUM_THREADS=27 TF_ENABLE_ONEDNN_OPTS=1 "
-            "TF_NUM_INTEROP_THREADS=1") in out.stdout
+            "TF_NUM_INTEROP_THREADS=2") in out.stdout
     command = [l for l in out.stdout.splitlines() if l.startswith("command: ")][0]
     assert command.startswith("command: mpirun -np 4 --map-by ppr:1:socket:pe=28 --bind-to core")
     assert "-H n1:2,n2:2" in command and "-x OMP_NUM_THREADS" in command
