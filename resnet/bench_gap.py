@@ -1,6 +1,7 @@
 """Where train_dist.py's time goes against plain Keras: one measured step at a time.
 
   .venv/bin/python -m resnet.bench_gap             # about 12 minutes on 2 cores
+  .venv/bin/python -m resnet.bench_gap --inter_op  # train_dist.py, 1 against 2 inter-op threads
 
 Starts from the harness's plain Keras model.fit (resnet.bench_baseline, oneDNN on) and adds what
 train_dist.py does differently, one thing per row, each row in its own process with everything of
@@ -101,14 +102,45 @@ def _measure(row: str) -> list:
     return timer.seconds
 
 
+def compare_inter_op(rounds: int = 2) -> dict:
+    """train_dist.py itself, 1 rank, as the harness runs it, with --inter_op_threads=1 and =2
+    alternating (1, 2, 2, 1, ...): images/s of each, windows pooled over the rounds."""
+    import tempfile
+
+    from resnet import bench
+    rates = {1: [], 2: []}
+    for round_ in range(rounds):
+        for inter in ((1, 2) if round_ % 2 == 0 else (2, 1)):
+            with tempfile.TemporaryDirectory() as d:
+                cmd = [sys.executable, "train_dist.py", "--dataset=synthetic",
+                       f"--max_train_examples={BATCH * STEPS}", "--max_test_examples=64",
+                       "--epochs=1", "--weights=none", f"--image_size={SIZE}",
+                       f"--batch_size={BATCH}", f"--model_dir={d}", "--log_every_steps=1000",
+                       "--warmup_epochs=0", f"--inter_op_threads={inter}"]
+                subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+                                                       PYTHONPATH=ROOT),
+                               check=True, capture_output=True)
+                with open(os.path.join(d, "metrics.json")) as f:
+                    seconds = json.load(f)["train_step_seconds"]
+            rates[inter] += bench.windows(seconds, BATCH, skip=0)  # warm-up already left out
+    return {f"inter_op_{k}": bench.summary(v) for k, v in rates.items()}
+
+
 def main():
     p = argparse.ArgumentParser(prog="python -m resnet.bench_gap")
     p.add_argument("--row", choices=ROWS, help="(internal) measure one row in this process")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--inter_op", action="store_true",
+                   help="only compare train_dist.py with 1 and 2 inter-op threads (4 minutes)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
     a = p.parse_args()
     if a.row:
         print(json.dumps(_measure(a.row)))
+        return
+    if a.inter_op:
+        for key, r in compare_inter_op(a.rounds).items():
+            print(f"{key}: {r['median']:.1f} images/s ({r['min']:.1f}-{r['max']:.1f}), "
+                  f"{len(r['windows'])} windows")
         return
     from resnet import bench
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, TF_ENABLE_ONEDNN_OPTS="1",
