@@ -1,5 +1,5 @@
 """Soak: many short epochs on 2 ranks, SIGKILLed every few epochs and resumed; the end must equal
-an uninterrupted run. Slow (about 10 minutes), so not in CI:
+an uninterrupted run. Slow (22 minutes for 50 epochs here), so not in CI:
 
   .venv/bin/python tests/soak.py --epochs 50 --kill_every 7
 
