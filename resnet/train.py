@@ -1,4 +1,4 @@
-"""train_andevaluate_test(config): the whole job for one rank, start to metrics.json.
+"""run(config): the whole job for one rank, start to metrics.json (elastic runs: resnet.elastic).
 
 Flow: start Horovod and threads -> the chief checks --model_dir -> load and shard data -> build the
 model -> agree on the checkpoint to resume from -> for each phase (head only, then the whole
@@ -146,7 +146,7 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
         if resume and world.is_chief:
             same_phase = state.phase == phase
             checkpoints.restore(resume, trackables(model, optimizer if same_phase else None,
-                                                    phase))
+                                                   phase))
         resume = None  # restored once, at the first phase that runs
         _broadcast(model, optimizer)
 
