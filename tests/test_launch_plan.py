@@ -146,6 +146,8 @@ def test_half_a_stated_topology_is_refused():
 def test_elastic_dry_run_and_refusals(tmp_path):
     hosts = tmp_path / "hosts.txt"
     hosts.write_text("# three names for this machine\nlocalhost:1\n127.0.0.1:1\nvm:2\n")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing yet\n")
     out = _run("horovodrun.sh", "--dry_run", "-np", "3", "--min-np", "2", "--max-np", "4",
                "--hosts-file", str(hosts), "--", "--epochs=1")
     assert out.returncode == 0, out.stderr
@@ -161,7 +163,8 @@ def test_elastic_dry_run_and_refusals(tmp_path):
             (["-np", "3", "--min-np", "4", "--hosts-file", str(hosts)], "--min-np (4) <= -np (3)"),
             (["-np", "2", "--min-np", "1", "--hosts-file", str(tmp_path / "nope")],
              "nope: No such file"),
-            (["-np", "2", "--min-np", "1"], "elastic mode needs --hosts_file")]:
+            (["-np", "2", "--min-np", "1"], "elastic mode needs --hosts_file"),
+            (["-np", "2", "--min-np", "1", "--hosts-file", str(empty)], "names no host")]:
         out = _run("horovodrun.sh", "--dry_run", *args)
         assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
     with pytest.raises(UsageError, match="elastic mode needs horovodrun"):
