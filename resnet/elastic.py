@@ -131,12 +131,15 @@ def _as_horovod_error(func):
     return wrapper
 
 
+def _start_fields() -> dict:
+    return dict(epoch=0, done=0, history=[], train_logs={})
+
+
 def _resume(config: Config, model, optimizer) -> dict:
     """Rank 0's starting fields: from the newest checkpoint, or the beginning."""
-    fields = dict(epoch=0, done=0, history=[], train_logs={})
     path = checkpoints.latest(config.model_dir)
     if path is None:
-        return fields
+        return _start_fields()
     st = checkpoints.read_state(path)
     if st.phase != "full":
         logging.warning("%s was written in the head-only phase; its optimizer is not reused",
@@ -163,8 +166,8 @@ def run(config: Config) -> dict:
                             config.batchnorm, config.bn_momentum)
     # The rate is a variable that _Steps sets before every step.
     optimizer = train.compile_model(model, config, config.learning_rate)
-    fields = (_resume(config, model, optimizer) if first.is_chief else
-              dict(epoch=0, done=0, history=[], train_logs={}))
+    # Only rank 0's fields count: run() broadcasts them before the first step.
+    fields = _resume(config, model, optimizer) if first.is_chief else _start_fields()
     state = _state_class()(model, optimizer, **fields)
     started = time.time()
     result = {}
