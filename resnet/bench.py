@@ -80,19 +80,23 @@ def plain_keras(image_size, precision, batch, steps, onednn=None):
     return {"command": shown, **summary(windows(seconds, batch))}
 
 
-def train_dist(image_size, precision, batch, steps, ranks=1):
+def train_dist(image_size, precision, batch, steps, ranks=1, extra=(), env=None, prefix=()):
+    """train_dist.py on synthetic data: 1 rank as a plain process, more through the launch plan.
+    `extra` flags, `env` variables and a command `prefix` (e.g. taskset) are for comparisons."""
     with tempfile.TemporaryDirectory() as model_dir:
         args = ["--dataset=synthetic", f"--max_train_examples={batch * ranks * steps}",
                 f"--max_test_examples={batch * ranks}", "--epochs=1", "--weights=none",
                 f"--image_size={image_size}", f"--precision={precision}",
                 f"--batch_size={batch}", f"--model_dir={model_dir}", "--log_every_steps=1000",
-                "--warmup_epochs=0"]
+                "--warmup_epochs=0", *extra]
         if ranks == 1:
-            cmd = [sys.executable, "train_dist.py"] + args
+            cmd = [*prefix, sys.executable, "train_dist.py"] + args
         else:
-            cmd = [os.path.join("launch", "horovodrun.sh"), "-np", str(ranks), "--"] + args
-        shown = " ".join(cmd).replace(model_dir, "TMP")
-        if _run(cmd, _env()) is None:
+            cmd = [*prefix, os.path.join("launch", "horovodrun.sh"), "-np", str(ranks),
+                   "--"] + args
+        shown = " ".join(f"{k}={v}" for k, v in (env or {}).items())
+        shown = (shown + " " + " ".join(cmd)).strip().replace(model_dir, "TMP")
+        if _run(cmd, dict(_env(), **(env or {}))) is None:
             return {"command": shown, "timeout": TIMEOUT_S}
         with open(os.path.join(model_dir, "metrics.json")) as f:
             metrics = json.load(f)

@@ -2,6 +2,7 @@
 
   .venv/bin/python -m resnet.bench_gap             # about 12 minutes on 2 cores
   .venv/bin/python -m resnet.bench_gap --inter_op  # train_dist.py, 1 against 2 inter-op threads
+  .venv/bin/python -m resnet.bench_gap --scaling   # 2 ranks x 1 core: what the allreduce costs
 
 Starts from the harness's plain Keras model.fit (resnet.bench_baseline, oneDNN on) and adds what
 train_dist.py does differently, one thing per row, each row in its own process with everything of
@@ -17,7 +18,7 @@ the rows above it, all at 32 px, batch 64, fp32, 2 threads, synthetic data:
   guards     train_dist.py's NaN check, signal flag, watchdog and Horovod's metric average
   logging    train_dist.py's throughput, progress lines and TensorBoard
   threads    train_dist.py's thread pools (resnet.runtime.thread_counts: intra-op = the rank's
-             CPUs, inter-op = 1) instead of TensorFlow's defaults
+             CPUs, inter-op = 2 for 2+ CPUs) instead of TensorFlow's defaults
 
 Prints a table of images/s (median, min-max of 3-step windows pooled over --rounds rounds) and
 each row against `plain`; writes bench_out/gap.json. The rows are cumulative, so each row's change
@@ -126,14 +127,64 @@ def compare_inter_op(rounds: int = 2) -> dict:
     return {f"inter_op_{k}": bench.summary(v) for k, v in rates.items()}
 
 
+# --scaling: (name, ranks, extra flags, environment, command prefix, images/s multiplier).
+# "2 x 1x1" is one rank pinned to one core with no Horovod at all, doubled: what 2 ranks x 1 core
+# would do if the allreduce cost nothing, so the rows below it split compute from communication.
+SCALING = (
+    ("1 rank x 2 cores", 1, (), {}, (), 1),
+    ("2 x (1 rank x 1 core), no allreduce", 1,
+     ("--intra_op_threads=1", "--inter_op_threads=1"), {"OMP_NUM_THREADS": "1"},
+     ("taskset", "-c", "0"), 2),
+    ("2 ranks x 1 core", 2, (), {}, (), 1),
+    ("+ --gradient_compression=fp16", 2, ("--gradient_compression=fp16",), {}, (), 1),
+    ("+ one 128 MiB fusion buffer, 1 ms cycle", 2, (),
+     {"HOROVOD_FUSION_THRESHOLD": str(128 << 20), "HOROVOD_CYCLE_TIME": "1"}, (), 1),
+    ("+ 2 inter-op threads per rank", 2, ("--inter_op_threads=2",), {}, (), 1),
+)
+
+
+def compare_scaling(rounds: int = 2) -> dict:
+    """Each SCALING row through resnet.bench.train_dist (the harness's own runs), in forward then
+    reverse order per round; images/s windows pooled over the rounds."""
+    from resnet import bench
+    rates = {row[0]: [] for row in SCALING}
+    commands = {}
+    for round_ in range(rounds):
+        for name, ranks, extra, env, prefix, times in (SCALING if round_ % 2 == 0
+                                                       else SCALING[::-1]):
+            r = bench.train_dist(SIZE, "fp32", BATCH, STEPS, ranks=ranks, extra=extra, env=env,
+                                 prefix=prefix)
+            if "timeout" in r:
+                raise SystemExit(f"{name}: no result in {r['timeout']} s: {r['command']}")
+            commands[name] = r["command"]
+            rates[name] += [w * times for w in r["windows"]]
+            print(f"round {round_ + 1} {name:40s} {r['median'] * times:6.1f} images/s",
+                  file=sys.stderr, flush=True)
+    return {name: dict(bench.summary(v), command=commands[name]) for name, v in rates.items()}
+
+
 def main():
     p = argparse.ArgumentParser(prog="python -m resnet.bench_gap")
     p.add_argument("--row", choices=ROWS, help="(internal) measure one row in this process")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--inter_op", action="store_true",
                    help="only compare train_dist.py with 1 and 2 inter-op threads (4 minutes)")
+    p.add_argument("--scaling", action="store_true",
+                   help="only compare 2 ranks x 1 core settings with 1 rank (about 12 minutes)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
     a = p.parse_args()
+    if a.scaling:
+        result = compare_scaling(a.rounds)
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "scaling.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        base = result[SCALING[0][0]]["median"]
+        print("| layout | images/s, all ranks, median (min-max) | vs 1 rank x 2 cores |\n"
+              "| --- | --- | --- |")
+        for name, r in result.items():
+            print(f"| {name} | {r['median']:.1f} ({r['min']:.1f}-{r['max']:.1f}) | "
+                  f"{r['median'] / base:.2f} |")
+        return
     if a.row:
         print(json.dumps(_measure(a.row)))
         return

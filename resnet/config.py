@@ -14,6 +14,7 @@ from resnet.errors import UsageError
 PRECISIONS = ("fp32", "bf16")
 DATASETS = ("cifar10", "synthetic")
 BATCHNORM = ("frozen", "train")
+COMPRESSION = ("none", "fp16")
 
 # --debug: a first run on a laptop in a minute or two.
 DEBUG_TRAIN_EXAMPLES = 256
@@ -42,6 +43,7 @@ class Config:
     batchnorm: str = "frozen"  # 'frozen' (inference mode) or 'train' (batch statistics)
     bn_momentum: float = 0.9  # with batchnorm='train': how fast the moving statistics follow
     label_smoothing: float = 0.0
+    gradient_compression: str = "none"  # 'fp16': allreduce half the bytes (Horovod Compression)
     seed: int = 0
     eval_only: bool = False
     debug: bool = False
@@ -107,6 +109,9 @@ def _check(c: Config) -> None:
                                  "without --elastic")
     if c.label_smoothing >= 1:
         raise UsageError(f"--label_smoothing={c.label_smoothing}: must be below 1")
+    if c.gradient_compression not in COMPRESSION:
+        raise UsageError(f"--gradient_compression={c.gradient_compression}: use one of "
+                         f"{', '.join(COMPRESSION)}")
     if c.precision not in PRECISIONS:
         raise UsageError(f"--precision={c.precision}: use one of {', '.join(PRECISIONS)}")
     if c.batchnorm not in BATCHNORM:

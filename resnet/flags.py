@@ -7,7 +7,7 @@ import dataclasses
 
 from absl import flags
 
-from resnet.config import BATCHNORM, DATASETS, PRECISIONS, Config
+from resnet.config import BATCHNORM, COMPRESSION, DATASETS, PRECISIONS, Config
 
 _D = Config()  # defaults
 
@@ -45,6 +45,9 @@ def define() -> None:
                    "--batchnorm=train.")
     f.DEFINE_float("label_smoothing", _D.label_smoothing, "Label smoothing for the training "
                    "loss.")
+    f.DEFINE_enum("gradient_compression", _D.gradient_compression, COMPRESSION, "fp16: "
+                  "gradients cross the network as float16 (half the allreduce bytes; applied "
+                  "in float32). Only with 2+ ranks.")
     f.DEFINE_integer("seed", _D.seed, "Head initialisation, data order and augmentation.")
     f.DEFINE_bool("eval_only", False, "Evaluate the newest checkpoint in --model_dir on the "
                   "test set, on any number of ranks.")

@@ -85,17 +85,26 @@ def _phases(config: Config):
     return phases
 
 
+def make_optimizer(config: Config, rate, distributed: bool = True):
+    """SGD at `rate`; with `distributed`, wrapped to average gradients over the ranks."""
+    import horovod.tensorflow.keras as hvd
+    optimizer = tf.keras.optimizers.SGD(rate, momentum=config.momentum)
+    if not distributed:
+        return optimizer
+    # Horovod: average gradients over ranks with allreduce before they are applied; fp16
+    # compression casts them for the wire only (the average comes back as float32).
+    compression = (hvd.Compression.fp16 if config.gradient_compression == "fp16"
+                   else hvd.Compression.none)
+    return hvd.DistributedOptimizer(optimizer, compression=compression)
+
+
 def compile_model(model: tf.keras.Model, config: Config, rate, phase: str = "full",
                   distributed: bool = True):
     """Compile for `phase` with SGD at `rate` (a schedule, or a float the caller sets per step).
     `distributed=False` (one rank, not elastic) leaves Horovod's optimizer out: with nothing to
     average it would still hand every gradient to Horovod's background thread each step."""
-    import horovod.tensorflow.keras as hvd
     model_lib.backbone(model).trainable = phase == "full"
-    optimizer = tf.keras.optimizers.SGD(rate, momentum=config.momentum)
-    if distributed:
-        # Horovod: average gradients over ranks with allreduce before they are applied.
-        optimizer = hvd.DistributedOptimizer(optimizer)
+    optimizer = make_optimizer(config, rate, distributed)
     model.compile(
         optimizer=optimizer,
         loss=tf.keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),

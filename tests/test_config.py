@@ -22,6 +22,7 @@ from resnet.errors import UsageError
     (dict(weights="/no/such.h5"), "--weights=/no/such.h5: no such file"),
     (dict(learning_rate=-0.1), "--learning_rate=-0.1"),
     (dict(label_smoothing=1.0), "--label_smoothing=1.0: must be below 1"),
+    (dict(gradient_compression="bf16"), "--gradient_compression=bf16: use one of none, fp16"),
     (dict(batchnorm="sync"), "--batchnorm=sync: use one of frozen, train"),
     (dict(bn_momentum=1.0), "--bn_momentum=1.0: must be in [0, 1)"),
     (dict(hang_timeout=-1), "--hang_timeout=-1: must not be negative"),

@@ -134,3 +134,17 @@ def test_a_frozen_rank_ends_the_job_through_the_watchdog(tmp_path, image_tar):
     assert 20 <= time.time() - t < 120
     assert "rank 0: no progress for" in rest and "--hang_timeout=20" in rest, rest[-3000:]
     assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
+
+def test_gradient_compression_reaches_the_allreduce(tmp_path):
+    out = tmp_path / "compression.json"
+    subprocess.run(horovodrun(2) + [sys.executable, os.path.join(ROOT, "tests",
+                                                               "dist_compression_check.py"),
+                                    str(out)],
+                   cwd=ROOT, env=job_env(), check=True, timeout=300, capture_output=True)
+    reports = json.loads(out.read_text())
+    assert len(reports) == 2
+    for r in reports:
+        # float32: the exact average of 1 + 2**-20 and 1 + 3 * 2**-20.
+        assert r["none"] == -(1.0 + 2.0 ** -19), r
+        # float16 on the wire: both rounded to 1.0 before they were averaged.
+        assert r["fp16"] == -1.0, r
