@@ -1,0 +1,44 @@
+"""The harness's arithmetic and report, on figures made up here (the runs themselves are the
+harness's job: python -m resnet.bench)."""
+
+import pytest
+
+from resnet import bench
+
+
+def test_windows_skip_the_warm_up_and_leave_no_partial_window():
+    # 3 warm-up steps, then 7 steps of 0.5 s at 64 images: two full windows of 3, one step over.
+    rates = bench.windows([9.0, 5.0, 2.0] + [0.5] * 7, 64)
+    assert rates == [pytest.approx(128.0)] * 2
+
+
+def test_pool_takes_both_runs_windows_and_keeps_a_timeout_visible():
+    a = {"command": "x", **bench.summary([100.0, 110.0, 90.0])}
+    b = {"command": "x", **bench.summary([60.0, 70.0, 80.0])}
+    both = bench.pool(a, b)
+    assert sorted(both["windows"]) == [60.0, 70.0, 80.0, 90.0, 100.0, 110.0]
+    assert both["median"] == 85.0 and both["min"] == 60.0 and both["max"] == 110.0
+    timed_out = {"command": "x", "timeout": 300}
+    assert bench.pool(a, timed_out) is timed_out and bench.pool(timed_out, a) is timed_out
+
+
+def _figure(median):
+    return {"command": f"cmd {median}", **bench.summary([median * 0.9, median, median * 1.1])}
+
+
+def test_markdown_shows_the_ratios_the_targets_are_judged_by():
+    r = {"machine": {"cpu": "Test CPU", "logical_cpus": 2, "flags": ["avx2"], "python": "3.11",
+                     "tensorflow": "2.15.1", "horovod": "0.28.1", "date": "today"},
+         "steps": 12, "bf16_steps": 6, "rounds_32px_fp32": 2,
+         "baseline": {"32px_fp32": _figure(20.0), "32px_bf16": _figure(10.0)},
+         "baseline_onednn": {"32px_fp32": _figure(100.0), "32px_bf16": _figure(10.0)},
+         "train": {"32px_fp32": _figure(97.0), "32px_bf16": _figure(9.0)},
+         "scaling": {"1x2": _figure(97.0), "2x1": _figure(87.3)},
+         "pipeline": {"decode": 1500.0, "augment": 8730.0}}
+    text = bench.markdown(r)
+    assert text.startswith(bench.START) and text.endswith(bench.END)
+    assert "| 32px fp32, batch 64 | 20.0 (18.0-22.0) | 100.0 (90.0-110.0) | " \
+           "97.0 (87.3-106.7) | 4.85 | 0.97 |" in text
+    assert "2 ranks x 1 core / 1 rank x 2 cores: 0.90" in text
+    assert "pool the windows of two rounds" in text
+    assert "200x what a rank of the 2 x 1 layout trains (43.6 images/s)" in text
