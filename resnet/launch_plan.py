@@ -40,6 +40,11 @@ SPARE_CORE_FROM = 8  # cores per rank from which one is left to Horovod and tf.d
 # missing ranks after a minute and, with a shutdown time, ends the job instead of hanging forever.
 STALL_ENV = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
              "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600"}
+# While a rank waits in a collective, Open MPI spins on the CPU; Horovod's background thread
+# meets the other ranks every cycle (1 ms), so that spin shares the rank's cores with its own
+# training threads. Yielding in the spin measured +30% at 2 ranks x 1 core (BENCHMARKS.md).
+# Intel MPI and Gloo ignore it. A value already in the environment wins (launch_env).
+COMM_ENV = {"OMPI_MCA_mpi_yield_when_idle": "1"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +135,7 @@ def make(t: topo.Topology, ranks_per_node: int, nodes: int = 1, openmp: bool = F
             sockets = tuple(range(r * sockets_per_rank, (r + 1) * sockets_per_rank))
         slots.append(RankSlot(r, sockets, tuple(range(first, first + cores_per_rank))))
     env = {"OMP_NUM_THREADS": str(intra), "TF_NUM_INTEROP_THREADS": str(inter),
-           "TF_ENABLE_ONEDNN_OPTS": "1", **STALL_ENV}
+           "TF_ENABLE_ONEDNN_OPTS": "1", **STALL_ENV, **COMM_ENV}
     if openmp:
         env["KMP_AFFINITY"] = ("granularity=fine,compact,1,0" if t.threads_per_core > 1
                                else "granularity=fine,compact")
@@ -203,6 +208,13 @@ class Elastic:
         if not hosts:
             raise UsageError(f"--hosts-file={self.hosts_file}: names no host")
         return max(slots for _, slots in hosts)
+
+
+def launch_env(plan_env: Dict[str, str], environ) -> Dict[str, str]:
+    """The launcher's environment: `environ` with the plan's variables, except the COMM_ENV
+    tunings a user has already set (to compare settings, or for another MPI)."""
+    return dict(environ, **{k: v for k, v in plan_env.items()
+                            if not (k in COMM_ENV and k in environ)})
 
 
 def command(plan: Plan, launcher: str, program: Sequence[str], hosts: Optional[str] = None,
@@ -324,7 +336,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("command: " + shlex.join(cmd), flush=True)
     if args.dry_run:
         return 0
-    env = dict(os.environ, **plan.env)
+    env = launch_env(plan.env, os.environ)
     if elastic is not None:
         env["ELASTIC_HOSTS_FILE"] = elastic.hosts_file
     os.execvpe(cmd[0], cmd, env)

@@ -17,7 +17,7 @@ import sys
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 from resnet.errors import EXIT_REQUEUE, EXIT_USAGE, UsageError
-from resnet.launch_plan import STALL_ENV, inter_op_threads, open_mpi
+from resnet.launch_plan import COMM_ENV, STALL_ENV, inter_op_threads, launch_env, open_mpi
 
 LAUNCHERS = ("srun", "mpirun")
 
@@ -50,7 +50,7 @@ def plan(env: Mapping[str, str], model_dir: str, train_args: Sequence[str], laun
     # Slurm counts logical CPUs; oneDNN wants one thread per physical core.
     cores = max(1, cpus // threads_per_core)
     extra = {"OMP_NUM_THREADS": str(cores), "TF_NUM_INTEROP_THREADS": str(inter_op_threads(cores)),
-             "TF_ENABLE_ONEDNN_OPTS": "1", **STALL_ENV}
+             "TF_ENABLE_ONEDNN_OPTS": "1", **STALL_ENV, **COMM_ENV}
     program = [python, train_script, f"--model_dir={model_dir}"] + list(train_args)
     n = nodes * per_node
     if launcher == "srun":
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     print("command: " + shlex.join(cmd), flush=True)
     if args.dry_run:
         return 0
-    child = subprocess.Popen(cmd, env=dict(os.environ, **extra))
+    child = subprocess.Popen(cmd, env=launch_env(extra, os.environ))
     forwarded = []
 
     def forward(signum, frame):  # Slurm's warning reaches the batch shell: pass it to the ranks

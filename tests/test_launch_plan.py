@@ -23,7 +23,18 @@ def test_one_socket_two_cores_two_ranks():
     assert launch_plan.mpi_map_by(plan) == "ppr:2:socket:pe=1"
     assert plan.env == {"OMP_NUM_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
                         "TF_ENABLE_ONEDNN_OPTS": "1", "HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
-                        "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600"}
+                        "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600",
+                        "OMPI_MCA_mpi_yield_when_idle": "1"}
+
+
+def test_comm_tunings_yield_to_the_users_environment_the_rest_does_not():
+    plan = launch_plan.make(T(1, 2, 1), 2)
+    env = launch_plan.launch_env(plan.env, {"OMPI_MCA_mpi_yield_when_idle": "0",
+                                            "OMP_NUM_THREADS": "8", "PATH": "/bin"})
+    assert env["OMPI_MCA_mpi_yield_when_idle"] == "0"  # the user's comparison setting
+    assert env["OMP_NUM_THREADS"] == "1"  # the plan's threads per rank
+    assert env["PATH"] == "/bin"
+    assert launch_plan.launch_env(plan.env, {})["OMPI_MCA_mpi_yield_when_idle"] == "1"
 
 
 def test_two_sockets_28_cores_no_ht_one_rank_per_socket():
@@ -105,11 +116,12 @@ def test_dry_run_prints_command_and_env():
                "--epochs=3")
     assert out.returncode == 0, out.stderr
     assert "plan: 2 node(s) x 2 rank(s) = 4; 28 core(s)/rank; intra-op 27, inter-op 2" in out.stdout
-    assert ("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS=600 OMP_NUM_THREADS=27 TF_ENABLE_ONEDNN_OPTS=1 "
-            "TF_NUM_INTEROP_THREADS=2") in out.stdout
+    assert ("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS=600 OMPI_MCA_mpi_yield_when_idle=1 "
+            "OMP_NUM_THREADS=27 TF_ENABLE_ONEDNN_OPTS=1 TF_NUM_INTEROP_THREADS=2") in out.stdout
     command = [l for l in out.stdout.splitlines() if l.startswith("command: ")][0]
     assert command.startswith("command: mpirun -np 4 --map-by ppr:1:socket:pe=28 --bind-to core")
     assert "-H n1:2,n2:2" in command and "-x OMP_NUM_THREADS" in command
+    assert "-x OMPI_MCA_mpi_yield_when_idle" in command
     assert command.endswith("train_dist.py --epochs=3")
     out = _run("horovodrun.sh", "--dry_run", "-np", "2", "--", "--epochs=1")
     assert out.returncode == 0, out.stderr
