@@ -2,7 +2,7 @@
 
   .venv/bin/python -m resnet.bench_gap             # about 12 minutes on 2 cores
   .venv/bin/python -m resnet.bench_gap --inter_op  # train_dist.py, 1 against 2 inter-op threads
-  .venv/bin/python -m resnet.bench_gap --scaling   # 2 ranks x 1 core: what the allreduce costs
+  .venv/bin/python -m resnet.bench_gap --scaling   # 2 ranks x 1 core settings (SCALING below)
 
 Starts from the harness's plain Keras model.fit (resnet.bench_baseline, oneDNN on) and adds what
 train_dist.py does differently, one thing per row, each row in its own process with everything of
@@ -22,7 +22,8 @@ the rows above it, all at 32 px, batch 64, fp32, 2 threads, synthetic data:
 
 Prints a table of images/s (median, min-max of 3-step windows pooled over --rounds rounds) and
 each row against `plain`; writes bench_out/gap.json. The rows are cumulative, so each row's change
-is that row's cost.
+is that row's cost. --scaling prints the same kind of table for the SCALING rows against 1 rank x
+2 cores and writes bench_out/scaling.json.
 """
 
 import argparse
