@@ -177,7 +177,7 @@ def main():
     p.add_argument("--inter_op", action="store_true",
                    help="only compare train_dist.py with 1 and 2 inter-op threads (4 minutes)")
     p.add_argument("--scaling", action="store_true",
-                   help="only compare 2 ranks x 1 core settings with 1 rank (about 12 minutes)")
+                   help="only compare 2 ranks x 1 core settings with 1 rank (about 20 minutes)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
     a = p.parse_args()
     if a.scaling:
