@@ -47,7 +47,7 @@ def define() -> None:
                    "loss.")
     f.DEFINE_enum("gradient_compression", _D.gradient_compression, COMPRESSION, "fp16: "
                   "gradients cross the network as float16 (half the allreduce bytes; applied "
-                  "in float32). Only with 2+ ranks.")
+                  "in float32). No effect at 1 rank.")
     f.DEFINE_integer("seed", _D.seed, "Head initialisation, data order and augmentation.")
     f.DEFINE_bool("eval_only", False, "Evaluate the newest checkpoint in --model_dir on the "
                   "test set, on any number of ranks.")

@@ -42,7 +42,7 @@ STALL_ENV = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
              "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600"}
 # While a rank waits in a collective, Open MPI spins on the CPU; Horovod's background thread
 # meets the other ranks every cycle (1 ms), so that spin shares the rank's cores with its own
-# training threads. Yielding in the spin measured +30% at 2 ranks x 1 core (BENCHMARKS.md).
+# training threads. Yielding in the spin measured +38% at 2 ranks x 1 core (BENCHMARKS.md).
 # Intel MPI and Gloo ignore it. A value already in the environment wins (launch_env).
 COMM_ENV = {"OMPI_MCA_mpi_yield_when_idle": "1"}
 
