@@ -2,12 +2,15 @@
 # One node: horovodrun with one rank per socket (or -np N), each bound to its own cores, with
 # per-rank oneDNN threads from the launch plan (resnet/launch_plan.py).
 #
-# Usage: launch/horovodrun.sh [-np N] [--min-np A --max-np B --hosts-file F] [--dry_run]
+# Usage: launch/horovodrun.sh [-np N] [--min-np A --max-np B --hosts-file F
+#                             [--network-interfaces NIC]] [--dry_run]
 #                             [-- train_dist.py flags...]
 #   launch/horovodrun.sh -np 4 -- --data_dir=/data/cifar-10-batches-py --epochs=2
 # Elastic (Horovod Elastic, Gloo): between A and B ranks on the hosts listed in F (host:slots per
 # line, re-read while the job runs; launch/discover_hosts.sh); adds --elastic to train_dist.py.
 #   launch/horovodrun.sh -np 3 --min-np 2 --max-np 3 --hosts-file hosts.txt -- --epochs=2
+# A file that names one host at the start needs --network-interfaces (e.g. eth0; lo on one
+# machine): without it Horovod waits for a second host to probe for a common interface.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$root/launch/common.sh"
@@ -18,6 +21,7 @@ while (($#)); do
     --min-np) plan_args+=(--min_np "$2"); shift 2 ;;
     --max-np) plan_args+=(--max_np "$2"); shift 2 ;;
     --hosts-file) plan_args+=(--hosts_file "$2"); shift 2 ;;
+    --network-interfaces) plan_args+=(--network_interfaces "$2"); shift 2 ;;
     --dry_run) plan_args+=(--dry_run); shift ;;
     -h|--help) usage "$0"; exit 0 ;;
     --) shift; break ;;

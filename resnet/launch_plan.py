@@ -191,14 +191,23 @@ class Elastic:
     min_np: int
     max_np: int
     hosts_file: str
+    network_interfaces: Optional[str] = None  # horovodrun --network-interfaces, e.g. "eth0"
 
     def check(self) -> None:
         if not 1 <= self.min_np <= self.np <= self.max_np:
             raise UsageError(f"elastic: need 1 <= --min-np ({self.min_np}) <= -np ({self.np}) "
                              f"<= --max-np ({self.max_np})")
+        # Without named interfaces, Horovod finds the ones common to all hosts by running a
+        # probe on two of them, and until the discovery script names a second host it waits,
+        # printing nothing, for its 10-minute start timeout. Say so now instead.
+        if not self.network_interfaces and len(self.hosts()) < 2:
+            raise UsageError(
+                f"--hosts-file={self.hosts_file} names one host: Horovod Elastic then waits for "
+                "a second before it starts (it probes 2 hosts for a common network interface). "
+                "Pass --network-interfaces NIC (the cluster's, e.g. eth0 or ib0; lo when every "
+                "rank stays on this machine), or list a second host")
 
-    def slots_per_host(self) -> int:
-        """The most ranks one host of the file runs: what the per-node thread plan is for."""
+    def hosts(self) -> List[Tuple[str, int]]:
         try:
             with open(self.hosts_file) as f:
                 hosts = discovery.parse(f.read(), source=self.hosts_file)
@@ -207,7 +216,11 @@ class Elastic:
                              "host:slots per line (launch/discover_hosts.sh reads it)") from e
         if not hosts:
             raise UsageError(f"--hosts-file={self.hosts_file}: names no host")
-        return max(slots for _, slots in hosts)
+        return hosts
+
+    def slots_per_host(self) -> int:
+        """The most ranks one host of the file runs: what the per-node thread plan is for."""
+        return max(slots for _, slots in self.hosts())
 
 
 def launch_env(plan_env: Dict[str, str], environ) -> Dict[str, str]:
@@ -229,8 +242,10 @@ def command(plan: Plan, launcher: str, program: Sequence[str], hosts: Optional[s
         script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "launch", "discover_hosts.sh")
         # Gloo, not MPI (Horovod Elastic needs it), so no --bind-to: threads come from the env.
+        nics = (["--network-interfaces", elastic.network_interfaces]
+                if elastic.network_interfaces else [])
         return (["horovodrun", "-np", str(elastic.np), "--min-np", str(elastic.min_np), "--max-np",
-                 str(elastic.max_np), "--host-discovery-script", script] + list(program) +
+                 str(elastic.max_np), "--host-discovery-script", script] + nics + list(program) +
                 ["--elastic"])
     if launcher == "horovodrun":
         host_arg = ["-H", hosts or f"localhost:{plan.ranks_per_node}"]
@@ -296,6 +311,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min_np", type=int, help="elastic (horovodrun): fewest ranks to go on with")
     p.add_argument("--max_np", type=int, help="elastic (horovodrun): most ranks to take in")
     p.add_argument("--hosts_file", help="elastic: host:slots lines, re-read while the job runs")
+    p.add_argument("--network_interfaces",
+                   help="elastic: the NICs ranks talk over, e.g. eth0 (lo: one machine)")
     p.add_argument("--dry_run", action="store_true", help="print the command and env, run nothing")
     p.add_argument("--program", default=None,
                    help="what each rank runs (default: this venv's python train_dist.py)")
@@ -315,12 +332,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             t = topo.read()
         elastic = None
+        if args.network_interfaces and not args.hosts_file:
+            raise UsageError("--network-interfaces is for elastic mode (with --hosts-file)")
         if args.min_np is not None or args.max_np is not None or args.hosts_file:
             if args.hosts_file is None:
                 raise UsageError("elastic mode needs --hosts_file (host:slots lines)")
             np_ = args.ranks_per_node or args.min_np or 1
             elastic = Elastic(np_, args.min_np or np_, args.max_np or np_,
-                              os.path.abspath(args.hosts_file))
+                              os.path.abspath(args.hosts_file), args.network_interfaces)
         # Elastic: -np counts ranks over all hosts; the thread plan is for one host's ranks.
         per_node = elastic.slots_per_host() if elastic else args.ranks_per_node or t.sockets
         plan = make(t, per_node, args.nodes, openmp=openmp_runtime_present())

@@ -160,6 +160,8 @@ def test_elastic_dry_run_and_refusals(tmp_path):
     hosts.write_text("# three names for this machine\nlocalhost:1\n127.0.0.1:1\nvm:2\n")
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing yet\n")
+    one = tmp_path / "one.txt"
+    one.write_text("localhost:2\n")
     out = _run("horovodrun.sh", "--dry_run", "-np", "3", "--min-np", "2", "--max-np", "4",
                "--hosts-file", str(hosts), "--", "--epochs=1")
     assert out.returncode == 0, out.stderr
@@ -176,9 +178,17 @@ def test_elastic_dry_run_and_refusals(tmp_path):
             (["-np", "2", "--min-np", "1", "--hosts-file", str(tmp_path / "nope")],
              "nope: No such file"),
             (["-np", "2", "--min-np", "1"], "elastic mode needs --hosts_file"),
-            (["-np", "2", "--min-np", "1", "--hosts-file", str(empty)], "names no host")]:
+            (["-np", "2", "--min-np", "1", "--hosts-file", str(empty)], "names no host"),
+            (["-np", "1", "--min-np", "1", "--max-np", "2", "--hosts-file", str(one)],
+             "names one host: Horovod Elastic then waits for a second"),
+            (["-np", "2", "--network-interfaces", "lo"], "--network-interfaces is for elastic")]:
         out = _run("horovodrun.sh", "--dry_run", *args)
         assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
+    # With the interface named, one host is enough, and horovodrun is told it.
+    out = _run("horovodrun.sh", "--dry_run", "-np", "1", "--min-np", "1", "--max-np", "2",
+               "--hosts-file", str(one), "--network-interfaces", "lo")
+    assert out.returncode == 0, out.stderr
+    assert "discover_hosts.sh --network-interfaces lo " in out.stdout
     with pytest.raises(UsageError, match="elastic mode needs horovodrun"):
         launch_plan.command(launch_plan.make(T(1, 2, 1), 1), "mpirun", ["python"],
                             elastic=launch_plan.Elastic(2, 1, 2, str(hosts)))
