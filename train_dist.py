@@ -21,7 +21,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 from absl import app, flags, logging  # noqa: E402
 
 from resnet import flags as resnet_flags  # noqa: E402
-from resnet.errors import EXIT_DIVERGED, EXIT_REQUEUE, EXIT_USAGE, UsageError  # noqa: E402
+from resnet.errors import (EXIT_DIVERGED, EXIT_HUNG, EXIT_REQUEUE, EXIT_USAGE,  # noqa: E402
+                           UsageError)
 
 resnet_flags.define()
 FLAGS = flags.FLAGS
@@ -32,7 +33,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         config = resnet_flags.to_config(FLAGS)
-        from resnet import train  # TensorFlow loads only once the flags are good
+        from resnet import runtime, train  # TensorFlow loads only once the flags are good
         from resnet.callbacks import Diverged, Preempted
         try:
             train.run(config)
@@ -44,6 +45,11 @@ def main(argv):
                   "high for the global batch: lower --learning_rate or raise --warmup_epochs",
                   file=sys.stderr)
             sys.exit(EXIT_DIVERGED)
+        except Exception as e:  # exit 5, as the watchdog's: a rank stopped, run it again
+            if not runtime.horovod_shut_down(e):
+                raise
+            print(f"error: {runtime.SHUT_DOWN_HELP}", file=sys.stderr)
+            sys.exit(EXIT_HUNG)
     except UsageError as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)

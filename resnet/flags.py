@@ -7,7 +7,7 @@ import dataclasses
 
 from absl import flags
 
-from resnet.config import BATCHNORM, COMPRESSION, DATASETS, PRECISIONS, Config
+from resnet.config import BATCHNORM, COMPRESSION, DATASETS, PRECISIONS, WARMUP_FROM, Config
 
 _D = Config()  # defaults
 
@@ -38,6 +38,8 @@ def define() -> None:
     f.DEFINE_float("learning_rate", _D.learning_rate, "SGD rate for one rank's batch; scaled by "
                    "the number of ranks.")
     f.DEFINE_float("warmup_epochs", _D.warmup_epochs, "Linear warmup to the scaled rate.")
+    f.DEFINE_enum("warmup_from", _D.warmup_from, WARMUP_FROM, "base: the warmup starts at "
+                  "--learning_rate (none at 1 rank); zero: it starts at 0, at any rank count.")
     f.DEFINE_float("momentum", _D.momentum, "SGD momentum.")
     f.DEFINE_enum("batchnorm", _D.batchnorm, BATCHNORM, "frozen: BatchNorm in inference mode "
                   "(ImageNet statistics); train: batch statistics, tracked with --bn_momentum.")

@@ -151,3 +151,17 @@ def format_placement(rows: list) -> str:
                              f"CPU(s) {_cpu_ranges(shared)}: they slow each other down; bind "
                              "ranks to cores (launch/horovodrun.sh, launch/mpirun.sh)")
     return "\n".join(lines)
+
+
+SHUT_DOWN_HELP = (
+    "Horovod shut the job down: a rank stopped submitting tensors for longer than "
+    "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS (Horovod's 'Missing ranks' warning above names it), or "
+    "a rank failed (its error is above). The checkpoints already written are intact: run the "
+    "same command to resume")
+
+
+def horovod_shut_down(error: BaseException) -> bool:
+    """True when `error` is Horovod refusing a collective because its background loop has ended:
+    a rank stopped submitting tensors for HOROVOD_STALL_SHUTDOWN_TIME_SECONDS (the launch plans
+    set it), or a rank failed. Every collective after that fails the same way, on every rank."""
+    return isinstance(error, tf.errors.OpError) and "Horovod has been shut down" in str(error)

@@ -3,7 +3,7 @@
 Horovod: the learning rate is scaled by the number of ranks because the global batch is
 batch_size * ranks (Goyal et al., "Accurate, Large Minibatch SGD"); a linear warmup from the
 single-rank rate keeps the first steps of a large global batch from diverging, then a cosine decay
-brings it to zero at the last step.
+brings it to zero at the last step. --warmup_from=zero ramps from 0 instead, at any rank count.
 """
 
 import dataclasses
@@ -38,6 +38,10 @@ class Plan:
         return self.config.learning_rate * self.world_size
 
     @property
+    def warmup_start(self) -> float:
+        return 0.0 if self.config.warmup_from == "zero" else self.config.learning_rate
+
+    @property
     def warmup_steps(self) -> int:
         return min(int(round(self.config.warmup_epochs * self.steps_per_epoch)), self.total_steps)
 
@@ -68,7 +72,7 @@ class WarmupCosine(tf.keras.optimizers.schedules.LearningRateSchedule):
 
 
 def learning_rate(plan: Plan, offset: int = 0) -> WarmupCosine:
-    return WarmupCosine(start=plan.config.learning_rate, peak=plan.peak_learning_rate,
+    return WarmupCosine(start=plan.warmup_start, peak=plan.peak_learning_rate,
                         warmup=plan.warmup_steps, total=plan.total_steps, offset=offset)
 
 
@@ -77,7 +81,8 @@ def learning_rate_at(config: Config, position: float, world_size: int) -> float:
     instead of steps, for the rank count in force now: elastic mode sets the rate every step,
     because a step count means nothing once the number of ranks (and so the steps per epoch)
     changes mid-run."""
-    start, peak = config.learning_rate, config.learning_rate * world_size
+    peak = config.learning_rate * world_size
+    start = 0.0 if config.warmup_from == "zero" else config.learning_rate
     warmup, total = config.warmup_epochs, float(config.epochs)
     if position < warmup:
         return start + (peak - start) * position / warmup

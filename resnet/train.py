@@ -285,7 +285,7 @@ def run(config: Config) -> dict:
         logging.info("%d rank(s) x batch %d = global batch %d; %d steps/epoch; lr %.4g -> %.4g "
                      "over %d warmup steps, cosine to 0 at step %d; %s, %dpx",
                      world.size, config.batch_size, plan.global_batch_size, plan.steps_per_epoch,
-                     config.learning_rate, plan.peak_learning_rate, plan.warmup_steps,
+                     plan.warmup_start, plan.peak_learning_rate, plan.warmup_steps,
                      plan.total_steps, config.precision, config.image_size)
     model = model_lib.build(len(class_names), config.image_size, config.weights, config.seed,
                             config.batchnorm, config.bn_momentum)

@@ -101,10 +101,14 @@ def test_a_dead_rank_ends_the_job_instead_of_hanging(tmp_path, image_tar):
     assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
 
 
+def _fifty_epoch_flags(image_tar, model_dir, *extra):
+    return [f"--data_dir={image_tar}", f"--model_dir={model_dir}", "--weights=none",
+            "--image_size=32", "--batch_size=8", "--epochs=50", "--log_every_steps=1", *extra]
+
+
 def _fifty_epochs(image_tar, model_dir, *extra):
     return [os.path.join(ROOT, "launch", "horovodrun.sh"), "-np", "2", "--",
-            f"--data_dir={image_tar}", f"--model_dir={model_dir}", "--weights=none",
-            "--image_size=32", "--batch_size=8", "--epochs=50", "--log_every_steps=1", *extra]
+            *_fifty_epoch_flags(image_tar, model_dir, *extra)]
 
 
 def test_a_frozen_rank_ends_the_job_through_the_watchdog(tmp_path, image_tar):
@@ -134,6 +138,35 @@ def test_a_frozen_rank_ends_the_job_through_the_watchdog(tmp_path, image_tar):
     assert 20 <= time.time() - t < 120
     assert "rank 0: no progress for" in rest and "--hang_timeout=20" in rest, rest[-3000:]
     assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
+
+def test_a_rank_that_stops_submitting_tensors_ends_the_job_through_horovods_stall_check(
+        tmp_path, image_tar):
+    # Unlike SIGSTOP, rank 1's process and Horovod's background thread live on; only its training
+    # thread stops. Horovod then names the missing rank and, past the shutdown time, fails every
+    # collective; train_dist.py turns that into exit 5 and a message that says what to do.
+    import time
+    model_dir = str(tmp_path / "m")
+    env = job_env(HOROVOD_STALL_CHECK_TIME_SECONDS="2", HOROVOD_STALL_SHUTDOWN_TIME_SECONDS="10")
+    cmd = horovodrun(2) + [sys.executable, os.path.join(ROOT, "tests", "dist_stall_check.py"),
+                           *_fifty_epoch_flags(image_tar, model_dir)]
+    proc, seen = start_until(cmd, "rank 1 stalls after step 3", env)
+    t = time.time()
+    assert rank_pids(1, model_dir), seen[-2000:]
+    try:
+        rest = proc.stdout.read()
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = seen + rest
+    assert rc != 0, out[-3000:]
+    assert 10 <= time.time() - t < 120, out[-3000:]
+    assert "Missing ranks" in out and "1!: [" in out, out[-3000:]  # Horovod named rank 1
+    assert "Horovod shut the job down" in out and "run the same command to resume" in out
+    assert "Exit code:    5" in out, out[-3000:]  # mpirun reports rank 0's exit code
+    assert not rank_pids(1, model_dir)  # the stalled rank did not outlive the job
+    assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
+
 
 def test_gradient_compression_reaches_the_allreduce(tmp_path):
     out = tmp_path / "compression.json"

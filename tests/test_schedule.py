@@ -43,3 +43,32 @@ def test_learning_rate_at_follows_the_step_curve_for_a_fixed_world():
                                                                        abs=1e-7)
     # Fewer ranks: the same point of the curve at the rate scaled for the ranks left.
     assert learning_rate_at(config, 1.0, 2) == pytest.approx(learning_rate_at(config, 1.0, 4) / 2)
+
+
+@pytest.mark.parametrize("world_size", [1, 4])
+def test_warmup_from_zero_ramps_at_any_rank_count_and_elastic_follows(world_size):
+    from resnet.schedule import learning_rate_at
+    base = Config(epochs=2, warmup_epochs=0.5, learning_rate=0.01, weights="none")
+    zero = Config(epochs=2, warmup_epochs=0.5, learning_rate=0.01, weights="none",
+                  warmup_from="zero")
+    plan = Plan(zero, world_size=world_size, num_train=6400 * world_size)  # 100 steps per epoch
+    steps = learning_rate(plan)
+    peak = 0.01 * world_size
+    assert float(steps(0)) == 0.0
+    assert float(steps(25)) == pytest.approx(peak / 2)
+    assert float(steps(50)) == pytest.approx(peak)
+    # After the warmup the curve is the same cosine as with the default start.
+    default = learning_rate(Plan(base, world_size=world_size, num_train=6400 * world_size))
+    for step in (50, 120, 200):
+        assert float(steps(step)) == pytest.approx(float(default(step)), abs=1e-7)
+    # The default starts at the single-rank rate: at 1 rank that is no warmup at all.
+    assert float(default(0)) == pytest.approx(0.01)
+    for step in (0, 25, 50, 150):
+        assert learning_rate_at(zero, step / 100, world_size) == pytest.approx(
+            float(steps(step)), abs=1e-7)
+
+
+def test_warmup_from_is_checked():
+    from resnet.errors import UsageError
+    with pytest.raises(UsageError, match="--warmup_from=one"):
+        Config(weights="none", warmup_from="one")

@@ -1,0 +1,36 @@
+"""Run under horovodrun in place of train_dist.py, with its flags: the real job, except that
+rank 1's training thread stops for good after step STALL_AT of epoch 1, while its process and
+Horovod's background thread live on (what a deadlocked user callback or data thread looks like).
+The other ranks wait in the next allreduce; only Horovod's stall check can end that.
+"""
+
+import os
+import runpy
+import sys
+import time
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train_dist.py, which runs after TF loads
+
+import tensorflow as tf  # noqa: E402
+
+from resnet import callbacks as cb  # noqa: E402
+
+STALL_AT = 2  # 0-based batch index within epoch 1
+
+
+class StallForever(tf.keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == STALL_AT:
+            print(f"rank 1 stalls after step {batch + 1}", file=sys.stderr, flush=True)
+            while True:
+                time.sleep(60)
+
+
+if os.environ.get("OMPI_COMM_WORLD_RANK") == "1":
+    chief_callbacks = cb.chief_callbacks
+    cb.chief_callbacks = lambda *a, **k: chief_callbacks(*a, **k) + [StallForever()]
+
+train_dist = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "train_dist.py")
+sys.argv[0] = train_dist
+runpy.run_path(train_dist, run_name="__main__")
