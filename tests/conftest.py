@@ -75,8 +75,8 @@ def start_until(cmd, text, env=None):
     return proc, "".join(seen)
 
 
-def rank_pids(rank, marker, variable="OMPI_COMM_WORLD_RANK"):
-    """PIDs of this test's train_dist.py processes (`marker` in the command line, e.g. its
+def rank_pids(rank, marker, variable="OMPI_COMM_WORLD_RANK", script="train_dist.py"):
+    """PIDs of this test's `script` processes (`marker` in the command line, e.g. its
     model_dir) that the launcher started as `rank`: Open MPI sets OMPI_COMM_WORLD_RANK, elastic
     horovodrun HOROVOD_RANK."""
     pids = []
@@ -86,7 +86,7 @@ def rank_pids(rank, marker, variable="OMPI_COMM_WORLD_RANK"):
             environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
         except OSError:
             continue
-        if (b"train_dist.py" in cmdline and marker.encode() in cmdline
+        if (script.encode() in cmdline and marker.encode() in cmdline
                 and f"{variable}={rank}".encode() in environ):
             pids.append(int(pid))
     return pids

@@ -139,6 +139,9 @@ def test_a_frozen_rank_ends_the_job_through_the_watchdog(tmp_path, image_tar):
     assert "rank 0: no progress for" in rest and "--hang_timeout=20" in rest, rest[-3000:]
     assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
 
+STALL = "dist_stall_check.py"
+
+
 def test_a_rank_that_stops_submitting_tensors_ends_the_job_through_horovods_stall_check(
         tmp_path, image_tar):
     # Unlike SIGSTOP, rank 1's process and Horovod's background thread live on; only its training
@@ -147,11 +150,11 @@ def test_a_rank_that_stops_submitting_tensors_ends_the_job_through_horovods_stal
     import time
     model_dir = str(tmp_path / "m")
     env = job_env(HOROVOD_STALL_CHECK_TIME_SECONDS="2", HOROVOD_STALL_SHUTDOWN_TIME_SECONDS="10")
-    cmd = horovodrun(2) + [sys.executable, os.path.join(ROOT, "tests", "dist_stall_check.py"),
+    cmd = horovodrun(2) + [sys.executable, os.path.join(ROOT, "tests", STALL),
                            *_fifty_epoch_flags(image_tar, model_dir)]
     proc, seen = start_until(cmd, "rank 1 stalls after step 3", env)
     t = time.time()
-    assert rank_pids(1, model_dir), seen[-2000:]
+    assert rank_pids(1, model_dir, script=STALL), seen[-2000:]
     try:
         rest = proc.stdout.read()
         rc = proc.wait(timeout=300)
@@ -164,7 +167,7 @@ def test_a_rank_that_stops_submitting_tensors_ends_the_job_through_horovods_stal
     assert "Missing ranks" in out and "1!: [" in out, out[-3000:]  # Horovod named rank 1
     assert "Horovod shut the job down" in out and "run the same command to resume" in out
     assert "Exit code:    5" in out, out[-3000:]  # mpirun reports rank 0's exit code
-    assert not rank_pids(1, model_dir)  # the stalled rank did not outlive the job
+    assert not rank_pids(1, model_dir, script=STALL)  # the stalled rank did not outlive the job
     assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
 
 
