@@ -93,12 +93,23 @@ def test_a_dead_rank_ends_the_job_instead_of_hanging(tmp_path, image_tar):
     assert victims, seen[-2000:]
     os.kill(victims[0], signal.SIGKILL)
     t = time.time()
-    rest = proc.stdout.read()
-    rc = proc.wait(timeout=300)
+    rest, rc = _finish(proc)
     assert rc != 0
     assert time.time() - t < 120  # bounded: mpirun notices the death and ends the others
     assert "rank 1" in rest, rest[-3000:]
     assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
+
+
+def _finish(proc, cleanup=lambda: None):
+    """The rest of the job's output and its exit code. Whatever happens, the job does not
+    outlive this (killed after 5 minutes), and `cleanup` runs."""
+    try:
+        rest = proc.stdout.read()
+        return rest, proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        cleanup()
 
 
 def _fifty_epoch_flags(image_tar, model_dir, *extra):
@@ -123,21 +134,19 @@ def test_a_frozen_rank_ends_the_job_through_the_watchdog(tmp_path, image_tar):
     assert victims, seen[-2000:]
     os.kill(victims[0], signal.SIGSTOP)
     t = time.time()
-    try:
-        rest = proc.stdout.read()
-        rc = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        for pid in victims:  # never leave a stopped process behind, whatever happened
+
+    def kill_victims():  # never leave a stopped process behind, whatever happened
+        for pid in victims:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    rest, rc = _finish(proc, kill_victims)
     assert rc != 0
     assert 20 <= time.time() - t < 120
     assert "rank 0: no progress for" in rest and "--hang_timeout=20" in rest, rest[-3000:]
     assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
+
 
 STALL = "dist_stall_check.py"
 
@@ -155,12 +164,7 @@ def test_a_rank_that_stops_submitting_tensors_ends_the_job_through_horovods_stal
     proc, seen = start_until(cmd, "rank 1 stalls after step 3", env)
     t = time.time()
     assert rank_pids(1, model_dir, script=STALL), seen[-2000:]
-    try:
-        rest = proc.stdout.read()
-        rc = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    rest, rc = _finish(proc)
     out = seen + rest
     assert rc != 0, out[-3000:]
     assert 10 <= time.time() - t < 120, out[-3000:]
