@@ -15,6 +15,10 @@ from resnet import sharding
 from resnet.config import Config
 
 
+def warmup_start(config: Config) -> float:
+    return 0.0 if config.warmup_from == "zero" else config.learning_rate
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     config: Config
@@ -39,7 +43,7 @@ class Plan:
 
     @property
     def warmup_start(self) -> float:
-        return 0.0 if self.config.warmup_from == "zero" else self.config.learning_rate
+        return warmup_start(self.config)
 
     @property
     def warmup_steps(self) -> int:
@@ -82,7 +86,7 @@ def learning_rate_at(config: Config, position: float, world_size: int) -> float:
     because a step count means nothing once the number of ranks (and so the steps per epoch)
     changes mid-run."""
     peak = config.learning_rate * world_size
-    start = 0.0 if config.warmup_from == "zero" else config.learning_rate
+    start = warmup_start(config)
     warmup, total = config.warmup_epochs, float(config.epochs)
     if position < warmup:
         return start + (peak - start) * position / warmup
