@@ -16,6 +16,7 @@ DATASETS = ("cifar10", "synthetic")
 BATCHNORM = ("frozen", "train")
 COMPRESSION = ("none", "fp16")
 WARMUP_FROM = ("base", "zero")
+STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")  # ResNet50's stages, input to output
 
 # --debug: a first run on a laptop in a minute or two.
 DEBUG_TRAIN_EXAMPLES = 256
@@ -46,6 +47,9 @@ class Config:
     warmup_from: str = "base"
     momentum: float = 0.9
     batchnorm: str = "frozen"  # 'frozen' (inference mode) or 'train' (batch statistics)
+    # The first backbone stage that trains; the ones before it keep their ImageNet weights and,
+    # as nothing before them trains, TensorFlow leaves their backward pass out altogether.
+    train_from: str = "conv1"
     bn_momentum: float = 0.9  # with batchnorm='train': how fast the moving statistics follow
     label_smoothing: float = 0.0
     gradient_compression: str = "none"  # 'fp16': allreduce half the bytes (Horovod Compression)
@@ -121,6 +125,8 @@ def _check(c: Config) -> None:
                          f"{', '.join(COMPRESSION)}")
     if c.precision not in PRECISIONS:
         raise UsageError(f"--precision={c.precision}: use one of {', '.join(PRECISIONS)}")
+    if c.train_from not in STAGES:
+        raise UsageError(f"--train_from={c.train_from}: use one of {', '.join(STAGES)}")
     if c.batchnorm not in BATCHNORM:
         raise UsageError(f"--batchnorm={c.batchnorm}: use one of {', '.join(BATCHNORM)}")
     if not 0 <= c.bn_momentum < 1:

@@ -7,7 +7,8 @@ import dataclasses
 
 from absl import flags
 
-from resnet.config import BATCHNORM, COMPRESSION, DATASETS, PRECISIONS, WARMUP_FROM, Config
+from resnet.config import (BATCHNORM, COMPRESSION, DATASETS, PRECISIONS, STAGES, WARMUP_FROM,
+                           Config)
 
 _D = Config()  # defaults
 
@@ -43,6 +44,8 @@ def define() -> None:
     f.DEFINE_float("momentum", _D.momentum, "SGD momentum.")
     f.DEFINE_enum("batchnorm", _D.batchnorm, BATCHNORM, "frozen: BatchNorm in inference mode "
                   "(ImageNet statistics); train: batch statistics, tracked with --bn_momentum.")
+    f.DEFINE_enum("train_from", _D.train_from, STAGES, "The first ResNet50 stage that trains; "
+                  "earlier ones stay as on ImageNet and skip their backward pass (faster).")
     f.DEFINE_float("bn_momentum", _D.bn_momentum, "Moving-average momentum with "
                    "--batchnorm=train.")
     f.DEFINE_float("label_smoothing", _D.label_smoothing, "Label smoothing for the training "

@@ -12,6 +12,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from resnet.config import STAGES
 from resnet.errors import UsageError
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications.resnet50.preprocess_input
@@ -94,3 +95,29 @@ def build(num_classes: int, image_size: int, weights: str, seed: int,
 
 def backbone(model: tf.keras.Model) -> tf.keras.Model:
     return model.get_layer("resnet50")
+
+
+def _stage(layer_name: str) -> str:
+    """conv1..conv5 for ResNet50's layers ('conv3_block2_1_conv'), with the stem's pool in conv1;
+    '' for the input and the final pooling, which hold no weights."""
+    prefix = layer_name.split("_")[0]
+    if prefix == "pool1":
+        return "conv1"
+    return prefix if prefix in STAGES else ""
+
+
+def set_trainable(model: tf.keras.Model, phase: str, train_from: str = "conv1") -> None:
+    """'head': only the new classifier trains. 'full': the backbone too, from stage `train_from`.
+
+    Stages before `train_from` keep their ImageNet weights. Since no variable before them trains,
+    TensorFlow's gradient computation prunes their backward pass: at 96 px, frozen conv1-conv2
+    leave out the largest activations' backward and conv1-conv3 most of it."""
+    bb = backbone(model)
+    bb.trainable = phase == "full"  # Keras sets every layer inside to the same
+    if phase != "full":
+        return
+    first = STAGES.index(train_from)
+    for layer in bb.layers:
+        stage = _stage(layer.name)
+        if stage and STAGES.index(stage) < first:
+            layer.trainable = False

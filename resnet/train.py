@@ -103,7 +103,7 @@ def compile_model(model: tf.keras.Model, config: Config, rate, phase: str = "ful
     """Compile for `phase` with SGD at `rate` (a schedule, or a float the caller sets per step).
     `distributed=False` (one rank, not elastic) leaves Horovod's optimizer out: with nothing to
     average it would still hand every gradient to Horovod's background thread each step."""
-    model_lib.backbone(model).trainable = phase == "full"
+    model_lib.set_trainable(model, phase, config.train_from)
     optimizer = make_optimizer(config, rate, distributed)
     model.compile(
         optimizer=optimizer,

@@ -25,6 +25,7 @@ from resnet.errors import UsageError
     (dict(gradient_compression="bf16"), "--gradient_compression=bf16: use one of none, fp16"),
     (dict(batchnorm="sync"), "--batchnorm=sync: use one of frozen, train"),
     (dict(bn_momentum=1.0), "--bn_momentum=1.0: must be in [0, 1)"),
+    (dict(train_from="conv6"), "--train_from=conv6: use one of conv1, conv2, conv3, conv4, conv5"),
     (dict(hang_timeout=-1), "--hang_timeout=-1: must not be negative"),
     (dict(commit_every_steps=0), "--commit_every_steps=0: must be a positive number"),
     (dict(elastic=True, download=True), "--elastic does not combine with --download"),

@@ -62,3 +62,40 @@ def test_batchnorm_frozen_or_trained():
     before = bn.moving_mean.numpy().copy()
     trained(x, training=True)
     assert not np.allclose(bn.moving_mean.numpy(), before)  # statistics moved
+
+
+def _trainable_stages(m) -> set:
+    return {layer.name.split("_")[0] for layer in m.get_layer("resnet50").layers
+            if layer.trainable_weights}
+
+
+def test_train_from_freezes_the_stages_before_it():
+    m = model.build(10, 32, "none", 0)
+    model.set_trainable(m, "full")
+    everything = len(m.trainable_variables)
+    assert _trainable_stages(m) == {"conv1", "conv2", "conv3", "conv4", "conv5"}
+    model.set_trainable(m, "full", "conv3")
+    assert _trainable_stages(m) == {"conv3", "conv4", "conv5"}
+    assert 0 < len(m.trainable_variables) < everything
+    model.set_trainable(m, "head", "conv3")
+    assert [v.name.split("/")[0] for v in m.trainable_variables] == ["logits", "logits"]
+    model.set_trainable(m, "full", "conv1")  # back to everything: Keras re-enables every layer
+    assert len(m.trainable_variables) == everything
+
+
+def test_frozen_stages_keep_their_weights_through_training():
+    m = model.build(10, 32, "none", 0)
+    model.set_trainable(m, "full", "conv4")
+    m.compile(tf.keras.optimizers.SGD(0.1), tf.keras.losses.CategoricalCrossentropy())
+    bb = m.get_layer("resnet50")
+    kernels = {name: bb.get_layer(name).kernel.numpy().copy()
+               for name in ("conv1_conv", "conv3_block4_3_conv", "conv4_block1_1_conv")}
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
+    y = tf.one_hot(rng.integers(0, 10, 8), 10)
+    m.fit(x, y, epochs=3, verbose=0)
+    np.testing.assert_array_equal(bb.get_layer("conv1_conv").kernel.numpy(), kernels["conv1_conv"])
+    np.testing.assert_array_equal(bb.get_layer("conv3_block4_3_conv").kernel.numpy(),
+                                  kernels["conv3_block4_3_conv"])
+    assert not np.allclose(bb.get_layer("conv4_block1_1_conv").kernel.numpy(),
+                           kernels["conv4_block1_1_conv"])
