@@ -109,9 +109,9 @@ def _stage(layer_name: str) -> str:
 def set_trainable(model: tf.keras.Model, phase: str, train_from: str = "conv1") -> None:
     """'head': only the new classifier trains. 'full': the backbone too, from stage `train_from`.
 
-    Stages before `train_from` keep their ImageNet weights. Since no variable before them trains,
-    TensorFlow's gradient computation prunes their backward pass: at 96 px, frozen conv1-conv2
-    leave out the largest activations' backward and conv1-conv3 most of it."""
+    Stages before `train_from` keep their ImageNet weights. No variable before them trains, so
+    the gradient tape records none of their ops and their backward pass is never computed:
+    conv1-conv3 hold about 45% of ResNet50's multiply-adds (measured speed-up: BENCHMARKS.md)."""
     bb = backbone(model)
     bb.trainable = phase == "full"  # Keras sets every layer inside to the same
     if phase != "full":
