@@ -1,8 +1,13 @@
 """The harness's arithmetic and report, on figures made up here (the runs themselves are the
-harness's job: python -m resnet.bench)."""
+harness's job: python -m resnet.bench), and the --train_from benchmark run small."""
+
+import json
+import subprocess
+import sys
 
 import pytest
 
+from conftest import ROOT, job_env
 from resnet import bench
 
 
@@ -42,3 +47,19 @@ def test_markdown_shows_the_ratios_the_targets_are_judged_by():
     assert "2 ranks x 1 core / 1 rank x 2 cores: 0.90" in text
     assert "pool the windows of two rounds" in text
     assert "200x what a rank of the 2 x 1 layout trains (43.6 images/s)" in text
+
+
+def test_freeze_benchmark_times_every_stage_with_fewer_variables_each(tmp_path):
+    out = tmp_path / "freeze.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "resnet.bench_freeze", "--image_size=32", "--batch_size=4",
+         "--steps=1", "--rounds=1", f"--out={out}"],
+        cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| conv")]
+    assert [r[1].strip() for r in rows] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    variables = [int(r[2]) for r in rows]
+    assert variables == sorted(variables, reverse=True) and len(set(variables)) == 5
+    figures = json.loads(out.read_text())["images_per_second"]
+    assert sorted(figures) == sorted(r[1].strip() for r in rows)
+    assert all(len(v) == 1 and v[0] > 0 for v in figures.values())

@@ -1,0 +1,79 @@
+"""What --train_from buys: training images/s with the first ResNet50 stages frozen.
+
+  .venv/bin/python -m resnet.bench_freeze --rounds=9         # 96 px, batch 64: about 10 minutes
+  .venv/bin/python -m resnet.bench_freeze --image_size=128 --batch_size=32
+
+One process builds one model per --train_from stage (resnet.model, set_trainable as train_dist.py
+does, oneDNN on, the rank's threads as train_dist.py sets them) on synthetic data, then times
+--steps-step windows of each in turn, --rounds times: the settings alternate, so a slow spell of
+this shared machine hits them alike. Prints images/s, median (min-max), and each against conv1
+(everything trains); writes bench_out/freeze.json.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train_dist.py: before TensorFlow loads
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from resnet import model as model_lib  # noqa: E402
+from resnet import runtime  # noqa: E402
+from resnet.config import STAGES  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--image_size", type=int, default=96)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=4, help="steps per timed window")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out", default=os.path.join(ROOT, "bench_out", "freeze.json"))
+    a = p.parse_args()
+    intra, inter = runtime.thread_counts()
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
+
+    n = a.batch_size * a.steps
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    labels = tf.one_hot(rng.integers(0, 10, n), 10).numpy()
+    models = {}
+    for stage in STAGES:
+        m = model_lib.build(10, a.image_size, "none", 0)
+        model_lib.set_trainable(m, "full", stage)
+        m.compile(tf.keras.optimizers.SGD(0.001, momentum=0.9),
+                  tf.keras.losses.CategoricalCrossentropy())
+        m.fit(images, labels, batch_size=a.batch_size, verbose=0)  # trace and warm up
+        models[stage] = m
+    rates = {stage: [] for stage in STAGES}
+    for _ in range(a.rounds):
+        for stage, m in models.items():
+            t = time.perf_counter()
+            m.fit(images, labels, batch_size=a.batch_size, verbose=0)
+            rates[stage].append(n / (time.perf_counter() - t))
+
+    base = statistics.median(rates["conv1"])
+    print(f"{a.image_size} px, batch {a.batch_size}, {intra} intra-op threads, fp32, "
+          f"median of {a.rounds} windows of {a.steps} steps")
+    print("| --train_from | trainable variables | images/s | vs conv1 |")
+    print("| --- | --- | --- | --- |")
+    for stage, r in rates.items():
+        med = statistics.median(r)
+        print(f"| {stage} | {len(models[stage].trainable_variables)} | {med:.1f} "
+              f"({min(r):.1f}-{max(r):.1f}) | {med / base:.2f} |")
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump({"image_size": a.image_size, "batch_size": a.batch_size, "steps": a.steps,
+                   "intra_op_threads": intra, "inter_op_threads": inter,
+                   "images_per_second": rates}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
