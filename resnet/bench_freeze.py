@@ -32,9 +32,9 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--image_size", type=int, default=96)
     p.add_argument("--batch_size", type=int, default=64)
-    # Window lengths here come out near multiples of 5.15 s (2026-11-27: 4-step windows of one
-    # setting measured 24.9, 36.5 and 41.0 images/s), so windows of 10 s or less are mostly that
-    # rounding; 12 steps make it a small part of each.
+    # On this machine many short windows end after 5.2, 10.3 or 20.5 s whatever the setting
+    # (2026-11-27: 20 of 45 four-step windows; one setting's ranged over 24.9-41.0 images/s), so
+    # windows of about 10 s mostly measure that; 12 steps make it a small part of each.
     p.add_argument("--steps", type=int, default=12, help="steps per timed window")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out", "freeze.json"))
