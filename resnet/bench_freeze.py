@@ -1,6 +1,6 @@
 """What --train_from buys: training images/s with the first ResNet50 stages frozen.
 
-  .venv/bin/python -m resnet.bench_freeze                 # 96 px, batch 64: about 11 minutes
+  .venv/bin/python -m resnet.bench_freeze    # 96 px, batch 64: over 13 minutes on 2 cores
   .venv/bin/python -m resnet.bench_freeze --image_size=128 --batch_size=32
 
 One process builds one model per --train_from stage (resnet.model, set_trainable as train_dist.py
