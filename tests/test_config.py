@@ -51,6 +51,8 @@ def test_debug_shrinks_the_run():
 @pytest.mark.parametrize("args, message", [
     (["--batch_size=0"], "--batch_size=0: must be a positive number"),
     (["--precision=fp16"], "precision"),
+    (["--train_from=conv6"],
+     "--train_from=conv6: value should be one of <conv1|conv2|conv3|conv4|conv5>"),
     (["--epochs=-2"], "--epochs=-2: must not be negative"),
     (["stray"], "unexpected arguments: stray"),
 ])
