@@ -4,9 +4,10 @@
   .venv/bin/python -m resnet.bench_freeze --image_size=128 --batch_size=32
 
 One process builds one model per --train_from stage (resnet.model, set_trainable as train_dist.py
-does, oneDNN on, the rank's threads as train_dist.py sets them) on synthetic data, then times
---steps-step windows of each in turn, --rounds times: the settings alternate, so a slow spell of
-this shared machine hits them alike. Prints images/s, median (min-max), and each against conv1
+does, oneDNN on, the rank's threads as train_dist.py sets them) on synthetic data, then runs
+--steps steps of each in turn, --rounds times: the settings alternate, so a slow spell of this
+shared machine hits them alike. Every step is timed alone (bench_baseline.StepTimer, as
+bench_gap does). Prints images/s, median (min-max) over the steps, and each against conv1
 (everything trains); writes bench_out/freeze.json.
 """
 
@@ -14,7 +15,6 @@ import argparse
 import json
 import os
 import statistics
-import time
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train_dist.py: before TensorFlow loads
 
@@ -23,6 +23,7 @@ import tensorflow as tf  # noqa: E402
 
 from resnet import model as model_lib  # noqa: E402
 from resnet import runtime  # noqa: E402
+from resnet.bench_baseline import StepTimer  # noqa: E402
 from resnet.config import STAGES  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,10 +33,10 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--image_size", type=int, default=96)
     p.add_argument("--batch_size", type=int, default=64)
-    # On this machine many short windows end after 5.2, 10.3 or 20.5 s whatever the setting
-    # (2026-11-27: 20 of 45 four-step windows; one setting's ranged over 24.9-41.0 images/s), so
-    # windows of about 10 s mostly measure that; 12 steps make it a small part of each.
-    p.add_argument("--steps", type=int, default=12, help="steps per timed window")
+    # On this machine many whole-fit windows ended after 5.2, 10.3 or 20.5 s whatever the setting
+    # (2026-11-27: 20 of 45 four-step windows), so steps are timed one by one and the median
+    # taken over all of a setting's steps.
+    p.add_argument("--steps", type=int, default=12, help="steps per setting per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out", "freeze.json"))
     a = p.parse_args()
@@ -58,13 +59,13 @@ def main():
     rates = {stage: [] for stage in STAGES}
     for _ in range(a.rounds):
         for stage, m in models.items():
-            t = time.perf_counter()
-            m.fit(images, labels, batch_size=a.batch_size, verbose=0)
-            rates[stage].append(n / (time.perf_counter() - t))
+            timer = StepTimer()
+            m.fit(images, labels, batch_size=a.batch_size, verbose=0, callbacks=[timer])
+            rates[stage] += [a.batch_size / s for s in timer.seconds]
 
     base = statistics.median(rates["conv1"])
     print(f"{a.image_size} px, batch {a.batch_size}, {intra} intra-op threads, fp32, "
-          f"median of {a.rounds} windows of {a.steps} steps")
+          f"median of {a.rounds} x {a.steps} steps, each timed alone")
     print("| --train_from | trainable variables | images/s | vs conv1 |")
     print("| --- | --- | --- | --- |")
     for stage, r in rates.items():
