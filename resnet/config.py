@@ -35,6 +35,8 @@ class Config:
     max_test_examples: Optional[int] = None
     weights: str = "imagenet"  # 'imagenet', 'none' or a path to an .h5
     image_size: int = 64  # pixels fed to ResNet50; the 32x32 images are resized inside the model
+    # Progressive resizing: every epoch but the last at this size, the last at image_size (0: off)
+    start_image_size: int = 0
     precision: str = "fp32"
     batch_size: int = 64  # per rank
     epochs: int = 2
@@ -80,6 +82,12 @@ class Config:
                                   DEBUG_TEST_EXAMPLES),
             batch_size=min(self.batch_size, DEBUG_BATCH_SIZE),
             log_every_steps=1)
+
+    def image_size_at(self, epoch: int) -> int:
+        """The image size epoch `epoch` (0-based) trains and is evaluated at."""
+        if self.start_image_size and epoch < self.epochs - 1:
+            return self.start_image_size
+        return self.image_size
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -133,6 +141,17 @@ def _check(c: Config) -> None:
         raise UsageError(f"--bn_momentum={c.bn_momentum}: must be in [0, 1)")
     if c.dataset not in DATASETS:
         raise UsageError(f"--dataset={c.dataset}: use one of {', '.join(DATASETS)}")
+    if c.start_image_size:
+        if not 32 <= c.start_image_size <= 512:
+            raise UsageError(f"--start_image_size={c.start_image_size}: use 32 to 512, or 0 for "
+                             "every epoch at --image_size")
+        if c.epochs < 2:
+            raise UsageError(f"--start_image_size trains every epoch but the last at that size; "
+                             f"with --epochs={c.epochs} there is no such epoch: give --epochs=2 "
+                             "or more, or leave it out")
+        if c.elastic:
+            raise UsageError("--elastic does not combine with --start_image_size (a model view "
+                             "per size is not elastic-safe yet); run that without --elastic")
     if c.image_size < 32:
         raise UsageError(f"--image_size={c.image_size}: ResNet50 needs at least 32 pixels "
                          "(the 32x32 images are resized up to it)")

@@ -30,6 +30,9 @@ def define() -> None:
                     "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5.")
     f.DEFINE_integer("image_size", _D.image_size, "Pixels fed to ResNet50 (32x32 images are "
                      "resized up inside the model): more is more accurate and slower.")
+    f.DEFINE_integer("start_image_size", _D.start_image_size, "Progressive resizing: every "
+                     "epoch but the last trains at this size (e.g. 96), the last at --image_size "
+                     "(e.g. 128). 0: every epoch at --image_size.")
     f.DEFINE_enum("precision", _D.precision, PRECISIONS, "fp32, or bf16 (Keras mixed_bfloat16: "
                   "AMX/AVX512-BF16 CPUs).")
     f.DEFINE_integer("batch_size", _D.batch_size, "Per rank; the global batch is this x ranks.")

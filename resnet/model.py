@@ -49,48 +49,72 @@ def _resolve_weights(weights: str):
 
 
 def build(num_classes: int, image_size: int, weights: str, seed: int,
-          batchnorm: str = "frozen", bn_momentum: float = 0.9) -> tf.keras.Model:
+          batchnorm: str = "frozen", bn_momentum: float = 0.9,
+          any_size: bool = False) -> tf.keras.Model:
     """The fine-tune model; `backbone` is the ResNet50 layer, for freezing.
 
     batchnorm='frozen' keeps BatchNorm in inference mode; 'train' lets it normalise with batch
     statistics and track them with `bn_momentum` (Keras's 0.99 needs ~500 steps to forget the
-    ImageNet statistics; 0.9 needs ~50)."""
+    ImageNet statistics; 0.9 needs ~50). `any_size` builds the backbone for any input size, so
+    that at_size() can make views at other sizes over the same weights."""
     if image_size < MIN_IMAGE_SIZE:
         raise UsageError(f"--image_size {image_size}: ResNet50 needs at least {MIN_IMAGE_SIZE} "
                          "pixels")
     tf.keras.utils.set_random_seed(seed)  # the same head on every rank before the broadcast
-    inputs = tf.keras.Input((32, 32, 3), name="image")
-    x = tf.keras.layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)
-    x = _caffe_preprocess()(x)
-    if image_size != 32:
-        x = tf.keras.layers.Resizing(image_size, image_size, dtype="float32", name="resize")(x)
+    side = None if any_size else image_size
     try:
         backbone = tf.keras.applications.ResNet50(
             include_top=False, weights=_resolve_weights(weights),
-            input_shape=(image_size, image_size, 3), pooling="avg")
+            input_shape=(side, side, 3), pooling="avg")
     except ValueError as e:  # Keras: layer count or shape mismatch between file and model
         raise UsageError(f"--weights {weights}: does not fit ResNet50 without its top ({e}); use "
                          "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5") from e
     except OSError as e:  # not an HDF5 file, truncated, or no network for 'imagenet'
         raise UsageError(f"--weights {weights}: cannot load ({e}). For 'imagenet' offline, pass "
                          "the .h5 file by path") from e
+    if batchnorm != "frozen":
+        for layer in backbone.layers:
+            if isinstance(layer, tf.keras.layers.BatchNormalization):
+                layer.momentum = bn_momentum
+    # A zero-initialised head starts at loss ln(10) with small gradients into the backbone; a
+    # random one on ResNet50's large pooled features starts near 5 and knocks the pretrained
+    # weights about in the first steps (measured here: NaN at lr 0.02).
+    head = tf.keras.layers.Dense(num_classes, kernel_initializer="zeros", name="logits")
+    return _assemble(tf.keras.layers.Rescaling(1.0, dtype="float32", name="to_float"),
+                     _caffe_preprocess(), backbone, head, image_size, batchnorm,
+                     resize=image_size != 32 or any_size)
+
+
+def _assemble(to_float, caffe, backbone_layer, head, image_size: int, batchnorm: str,
+              resize: bool) -> tf.keras.Model:
+    inputs = tf.keras.Input((32, 32, 3), name="image")
+    x = caffe(to_float(inputs))
+    # Views at several sizes all have the resize layer (even a 32 px one, where it changes
+    # nothing), so that their checkpoints, which name layers by position, are interchangeable.
+    if resize:
+        x = tf.keras.layers.Resizing(image_size, image_size, dtype="float32", name="resize")(x)
     if batchnorm == "frozen":
         # Inference mode (Keras's fine-tuning guide): the ImageNet statistics are kept and only
         # gamma/beta train. Measured here: with Keras's default momentum, trained BatchNorm left
         # the test accuracy at chance after 94 steps (the moving averages had not caught up).
-        x = backbone(x, training=False)
+        x = backbone_layer(x, training=False)
     else:
-        for layer in backbone.layers:
-            if isinstance(layer, tf.keras.layers.BatchNormalization):
-                layer.momentum = bn_momentum
-        x = backbone(x)
-    # A zero-initialised head starts at loss ln(10) with small gradients into the backbone; a
-    # random one on ResNet50's large pooled features starts near 5 and knocks the pretrained
-    # weights about in the first steps (measured here: NaN at lr 0.02).
-    logits = tf.keras.layers.Dense(num_classes, kernel_initializer="zeros", name="logits")(x)
+        x = backbone_layer(x)
+    x = head(x)
     # Keep the softmax in float32 under mixed_bfloat16: bf16 probabilities lose the small ones.
-    outputs = tf.keras.layers.Activation("softmax", dtype="float32", name="probs")(logits)
+    outputs = tf.keras.layers.Activation("softmax", dtype="float32", name="probs")(x)
     return tf.keras.Model(inputs, outputs, name="resnet50_cifar10")
+
+
+def at_size(model: tf.keras.Model, image_size: int, batchnorm: str) -> tf.keras.Model:
+    """The same layers and weights as `model` (built with any_size=True), resizing to
+    `image_size`: training one trains the other. For progressive resizing."""
+    if image_size < MIN_IMAGE_SIZE:
+        raise UsageError(f"image size {image_size}: ResNet50 needs at least {MIN_IMAGE_SIZE} "
+                         "pixels")
+    return _assemble(model.get_layer("to_float"), model.get_layer("caffe_preprocess"),
+                     backbone(model), model.get_layer("logits"), image_size, batchnorm,
+                     resize=True)
 
 
 def backbone(model: tf.keras.Model) -> tf.keras.Model:

@@ -99,12 +99,13 @@ def make_optimizer(config: Config, rate, distributed: bool = True):
 
 
 def compile_model(model: tf.keras.Model, config: Config, rate, phase: str = "full",
-                  distributed: bool = True):
+                  distributed: bool = True, optimizer=None):
     """Compile for `phase` with SGD at `rate` (a schedule, or a float the caller sets per step).
     `distributed=False` (one rank, not elastic) leaves Horovod's optimizer out: with nothing to
-    average it would still hand every gradient to Horovod's background thread each step."""
+    average it would still hand every gradient to Horovod's background thread each step.
+    An `optimizer` given is reused as it is (another size's view of the same weights)."""
     model_lib.set_trainable(model, phase, config.train_from)
-    optimizer = make_optimizer(config, rate, distributed)
+    optimizer = optimizer or make_optimizer(config, rate, distributed)
     model.compile(
         optimizer=optimizer,
         loss=tf.keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
@@ -145,19 +146,28 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
     watchdog = Watchdog(config.hang_timeout, world.rank,
                         lambda: f"epoch {progress.epoch + 1}, step {progress.step}").start()
     test_metrics = None  # stays None when the checkpoint already holds every epoch
+    views = {config.image_size: model}  # progressive resizing: one view per size, same weights
+
+    def view(epoch):
+        size = config.image_size_at(epoch)
+        if size not in views:
+            views[size] = model_lib.at_size(model, size, config.batchnorm)
+        return views[size]
+
     for phase, first, end in _phases(config):
         if progress.epoch >= end:
             continue
+        current = view(max(progress.epoch, first))
         # The schedule continues across phases: a later phase's optimizer starts at its first step.
-        optimizer = compile_model(model, config,
+        optimizer = compile_model(current, config,
                                   learning_rate(plan, first * plan.steps_per_epoch), phase,
                                   distributed=world.size > 1)
         if resume and world.is_chief:
             same_phase = state.phase == phase
-            checkpoints.restore(resume, trackables(model, optimizer if same_phase else None,
+            checkpoints.restore(resume, trackables(current, optimizer if same_phase else None,
                                                    phase))
         resume = None  # restored once, at the first phase that runs
-        _broadcast(model, optimizer)
+        _broadcast(current, optimizer)
 
         def save(step, epoch_done=None):
             if not world.is_chief:
@@ -167,7 +177,7 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
             st = checkpoints.State(epoch=epoch, step=step, phase=phase,
                                    config=config.to_dict(), history=progress.history,
                                    examples_done=done)
-            checkpoints.save(config.model_dir, trackables(model, optimizer, phase), st,
+            checkpoints.save(config.model_dir, trackables(current, optimizer, phase), st,
                              config.keep_checkpoints)
 
         step_ckpt = (cb.StepCheckpoint(config.checkpoint_every_steps, save,
@@ -186,18 +196,25 @@ def _train(config: Config, world: runtime.World, plan: Plan, model, train, test,
                                os.path.join(config.model_dir, "logs"), step_ckpt)
         for epoch in range(max(progress.epoch, first), end):
             progress.epoch = epoch
+            if view(epoch) is not current:  # progressive resizing: the next size, same optimizer
+                current = view(epoch)
+                compile_model(current, config, None, phase, optimizer=optimizer)
+                if world.is_chief:
+                    logging.info("epoch %d: image size %d", epoch + 1,
+                                 config.image_size_at(epoch))
             shard = sharding.train_shard(len(train), config.seed, epoch, world.rank, world.size,
                                          config.batch_size)
             ds = pipeline.train_dataset(train, shard, config.batch_size, config.seed, epoch,
                                         skip_steps=progress.step)
-            fit = model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+            fit = current.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
                             steps_per_epoch=plan.steps_per_epoch - progress.step,
                             callbacks=fit_callbacks)
             if stop.stopped and progress.step + stop.steps_done < plan.steps_per_epoch:
                 progress.step += stop.steps_done
                 save(progress.step)  # mid-epoch: the resumed run skips the steps already done
                 _stop_after_checkpoint(world, stop, f"at epoch {epoch + 1}, step {progress.step}")
-            test_metrics = evaluate_test(model, test, world, config, class_names, watchdog.beat)
+            test_metrics = evaluate_test(current, test, world, config, class_names,
+                                         watchdog.beat)
             record = {"epoch": epoch + 1, "phase": phase,
                       "train_loss": float(fit.history["loss"][-1]),
                       "train_accuracy": float(fit.history["accuracy"][-1]),
@@ -283,12 +300,15 @@ def run(config: Config) -> dict:
     plan = Plan(config, world.size, len(train))
     if world.is_chief:
         logging.info("%d rank(s) x batch %d = global batch %d; %d steps/epoch; lr %.4g -> %.4g "
-                     "over %d warmup steps, cosine to 0 at step %d; %s, %dpx",
+                     "over %d warmup steps, cosine to 0 at step %d; %s, %spx",
                      world.size, config.batch_size, plan.global_batch_size, plan.steps_per_epoch,
                      plan.warmup_start, plan.peak_learning_rate, plan.warmup_steps,
-                     plan.total_steps, config.precision, config.image_size)
+                     plan.total_steps, config.precision,
+                     f"{config.start_image_size}px then " * bool(config.start_image_size)
+                     + str(config.image_size))
     model = model_lib.build(len(class_names), config.image_size, config.weights, config.seed,
-                            config.batchnorm, config.bn_momentum)
+                            config.batchnorm, config.bn_momentum,
+                            any_size=bool(config.start_image_size))
     started = time.time()
     progress, throughput, test_metrics = _train(config, world, plan, model, train, test, resume,
                                                 class_names)
@@ -308,15 +328,25 @@ def run(config: Config) -> dict:
     return metrics
 
 
+def _trained_size(state: checkpoints.State) -> int:
+    """The image size of the last epoch a checkpoint trained (progressive resizing changes it)."""
+    c = state.config
+    last = state.epoch if state.step else state.epoch - 1
+    if c.get("start_image_size") and last < c["epochs"] - 1:
+        return c["start_image_size"]
+    return c["image_size"]
+
+
 def _eval_only(config: Config, world, test, resume, class_names) -> dict:
     if resume is None:
         raise UsageError(f"--eval_only: no checkpoint in {checkpoints.directory(config.model_dir)}"
                          "; train first with the same --model_dir")
     state = checkpoints.read_state(resume)
     # The checkpoint decides the architecture: build with the image size it was trained at.
-    image_size = state.config["image_size"]
+    image_size = _trained_size(state)
+    progressive = bool(state.config.get("start_image_size"))
     model = model_lib.build(len(class_names), image_size, "none", config.seed,
-                            state.config.get("batchnorm", "frozen"))
+                            state.config.get("batchnorm", "frozen"), any_size=progressive)
     if world.is_chief:
         checkpoints.restore(resume, trackables(model))
     import horovod.tensorflow as hvd

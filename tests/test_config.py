@@ -30,10 +30,19 @@ from resnet.errors import UsageError
     (dict(commit_every_steps=0), "--commit_every_steps=0: must be a positive number"),
     (dict(elastic=True, download=True), "--elastic does not combine with --download"),
     (dict(elastic=True, eval_only=True), "--elastic does not combine with --eval_only"),
+    (dict(start_image_size=16), "--start_image_size=16: use 32 to 512"),
+    (dict(start_image_size=96, epochs=1), "with --epochs=1 there is no such epoch"),
+    (dict(start_image_size=96, elastic=True), "--elastic does not combine with --start_image"),
 ])
 def test_bad_values_refused(kwargs, message):
     with pytest.raises(UsageError, match=re.escape(message)):
         Config(**kwargs)
+
+
+def test_start_image_size_covers_every_epoch_but_the_last():
+    c = Config(weights="none", epochs=3, start_image_size=96, image_size=128)
+    assert [c.image_size_at(e) for e in range(3)] == [96, 96, 128]
+    assert Config(weights="none", epochs=3).image_size_at(0) == 64  # off: --image_size throughout
 
 
 def test_model_dir_that_is_a_file(tmp_path):
