@@ -85,12 +85,16 @@ class Config:
 
     def image_size_at(self, epoch: int) -> int:
         """The image size epoch `epoch` (0-based) trains and is evaluated at."""
-        if self.start_image_size and epoch < self.epochs - 1:
-            return self.start_image_size
-        return self.image_size
+        return image_size_at(self.to_dict(), epoch)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def image_size_at(config: dict, epoch: int) -> int:
+    """Config.image_size_at for a config as a checkpoint records it (a dict, maybe older)."""
+    start = config.get("start_image_size", 0)
+    return start if start and epoch < config["epochs"] - 1 else config["image_size"]
 
 
 def _check(c: Config) -> None:

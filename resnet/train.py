@@ -23,6 +23,7 @@ from resnet import callbacks as cb
 from resnet import (checkpoints, cifar, evaluate, fileio, locate, pipeline, report, runtime,
                     sharding)
 from resnet import model as model_lib
+from resnet import config as config_lib
 from resnet.config import Config
 from resnet.errors import UsageError
 from resnet.schedule import Plan, learning_rate
@@ -330,11 +331,8 @@ def run(config: Config) -> dict:
 
 def _trained_size(state: checkpoints.State) -> int:
     """The image size of the last epoch a checkpoint trained (progressive resizing changes it)."""
-    c = state.config
     last = state.epoch if state.step else state.epoch - 1
-    if c.get("start_image_size") and last < c["epochs"] - 1:
-        return c["start_image_size"]
-    return c["image_size"]
+    return config_lib.image_size_at(state.config, last)
 
 
 def _eval_only(config: Config, world, test, resume, class_names) -> dict:
