@@ -57,6 +57,9 @@ class Config:
     gradient_compression: str = "none"  # 'fp16': allreduce half the bytes (Horovod Compression)
     seed: int = 0
     eval_only: bool = False
+    # Score each test image and its mirror image and average the probabilities: the training
+    # augmentation flips, so the mirror is as likely an input; it doubles the evaluation time.
+    test_time_flip: bool = False
     debug: bool = False
     log_every_steps: int = 50
     keep_checkpoints: int = 3

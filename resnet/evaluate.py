@@ -15,10 +15,18 @@ from resnet.cifar import Split
 
 def evaluate(model: tf.keras.Model, split: Split, rank: int, world_size: int, batch_size: int,
              class_names: Sequence[str], allreduce_sum: Callable[[np.ndarray], np.ndarray],
-             on_batch: Callable[[], None] = lambda: None) -> dict:
+             on_batch: Callable[[], None] = lambda: None, flip: bool = False) -> dict:
+    """flip: average the probabilities of each image and its left-right mirror."""
     num_classes = len(class_names)
     shard = sharding.eval_shard(len(split), rank, world_size, batch_size)
-    predict = tf.function(lambda x: model(x, training=False))
+
+    @tf.function
+    def predict(x):
+        probs = model(x, training=False)
+        if flip:  # images are NHWC: axis 2 is the width
+            probs = (probs + model(tf.reverse(x, axis=[2]), training=False)) / 2
+        return probs
+
     confusion = np.zeros((num_classes, num_classes), np.float64)
     loss_sum = 0.0
     for images, labels, weights in pipeline.eval_dataset(split, shard, batch_size, num_classes):

@@ -59,6 +59,9 @@ def define() -> None:
     f.DEFINE_integer("seed", _D.seed, "Head initialisation, data order and augmentation.")
     f.DEFINE_bool("eval_only", False, "Evaluate the newest checkpoint in --model_dir on the "
                   "test set, on any number of ranks.")
+    f.DEFINE_bool("test_time_flip", _D.test_time_flip, "Test-time augmentation: score each "
+                  "test image and its mirror, average the probabilities (2x the evaluation "
+                  "time; training is unchanged).")
     f.DEFINE_bool("debug", False, "A tiny subset, small batches, a log line per step and op "
                   "placement: a first run on a laptop.")
     f.DEFINE_integer("log_every_steps", _D.log_every_steps, "Progress line interval.")

@@ -251,7 +251,7 @@ def evaluate_test(model, test, world, config, class_names, on_batch=lambda: None
         return hvd.allreduce(tf.constant(values, tf.float64), op=hvd.Sum,
                              name="eval_counts").numpy()
     return evaluate.evaluate(model, test, world.rank, world.size, config.batch_size, class_names,
-                             allreduce_sum, on_batch)
+                             allreduce_sum, on_batch, flip=config.test_time_flip)
 
 
 # --- Results ----------------------------------------------------------------------------------

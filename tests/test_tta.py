@@ -1,0 +1,42 @@
+"""--test_time_flip: each test image and its mirror are scored, the probabilities averaged.
+
+Checked against plain Keras on the saved model and the test images as written, not against our
+own evaluation code: under horovodrun with 2 ranks, each scoring half of the test set."""
+
+import json
+
+import numpy as np
+
+from conftest import run_job
+
+
+def _scores(probs, labels):
+    right = probs.argmax(axis=1) == labels
+    loss = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1))
+    return right.mean(), loss.mean()
+
+
+def test_flip_averages_the_image_and_its_mirror(tmp_path, image_tar, splits):
+    import tensorflow as tf
+
+    model_dir = tmp_path / "m"
+    common = [f"--data_dir={image_tar}", f"--model_dir={model_dir}", "--weights=none",
+              "--batch_size=8", "--image_size=32"]
+    # Twice the usual rate so that, after 10 steps, the weights tell an image from its mirror.
+    run_job(common + ["--epochs=1", "--learning_rate=0.004"])
+    plain = json.loads((model_dir / "metrics.json").read_text())
+    run_job(common + ["--eval_only", "--test_time_flip"], np_ranks=2)
+    flipped = json.loads((model_dir / "metrics.json").read_text())
+    assert flipped["mode"] == "eval_only" and flipped["flags"]["test_time_flip"] is True
+    assert flipped["test_examples"] == 40
+
+    _, (x, y) = splits
+    model = tf.keras.models.load_model(str(model_dir / "model.keras"))
+    p = model.predict(x.astype(np.float32), verbose=0).astype(np.float64)
+    p_mirror = model.predict(x[:, :, ::-1].astype(np.float32), verbose=0).astype(np.float64)
+    accuracy, loss = _scores(p, y)
+    assert abs(plain["test_loss"] - loss) < 1e-4 and plain["test_accuracy"] == accuracy
+    accuracy, loss = _scores((p + p_mirror) / 2, y)
+    assert abs(flipped["test_loss"] - loss) < 1e-4 and flipped["test_accuracy"] == accuracy
+    # The mirror changes the scores, so the checks above can tell flipping from not.
+    assert abs(plain["test_loss"] - flipped["test_loss"]) > 1e-3
