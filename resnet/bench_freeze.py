@@ -2,13 +2,15 @@
 
   .venv/bin/python -m resnet.bench_freeze    # 96 px, batch 64: over 13 minutes on 2 cores
   .venv/bin/python -m resnet.bench_freeze --image_size=128 --batch_size=32
+  .venv/bin/python -m resnet.bench_freeze --image_size=96,112,128 --stages=conv4   # sizes
 
-One process builds one model per --train_from stage (resnet.model, set_trainable as train_dist.py
-does, oneDNN on, the rank's threads as train_dist.py sets them) on synthetic data, then runs
---steps steps of each in turn, --rounds times: the settings alternate, so a slow spell of this
-shared machine hits them alike. Every step is timed alone (bench_baseline.StepTimer, as
-bench_gap does). Prints images/s, median (min-max) over the steps, and each against conv1
-(everything trains); writes bench_out/freeze.json.
+One process builds one model per setting, an image size and a --train_from stage (resnet.model,
+set_trainable as train_dist.py does, oneDNN on, the rank's threads as train_dist.py sets them),
+on synthetic data, then runs --steps steps of each in turn, --rounds times: the settings
+alternate, so a slow spell of this shared machine hits them alike. Every step is timed alone
+(bench_baseline.StepTimer, as bench_gap does). Prints images/s, median (min-max) over the steps,
+and each against the first setting (conv1, everything training, at the first size, by default);
+writes bench_out/freeze.json.
 """
 
 import argparse
@@ -29,9 +31,31 @@ from resnet.config import STAGES  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _ints(text: str) -> list:
+    try:
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give sizes as 96 or 96,112,128") from None
+    if any(v < model_lib.MIN_IMAGE_SIZE for v in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: ResNet50 needs at least "
+                                         f"{model_lib.MIN_IMAGE_SIZE} pixels")
+    return sizes
+
+
+def _stages(text: str) -> list:
+    stages = text.split(",")
+    unknown = [v for v in stages if v not in STAGES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: not a stage; "
+                                         f"choose from {', '.join(STAGES)}")
+    return stages
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--image_size", type=int, default=96)
+    p.add_argument("--image_size", type=_ints, default=[96], help="one or more, comma-separated")
+    p.add_argument("--stages", type=_stages, default=list(STAGES),
+                   help="--train_from values to time, comma-separated")
     p.add_argument("--batch_size", type=int, default=64)
     # On this machine many whole-fit windows ended after 5.2, 10.3 or 20.5 s whatever the setting
     # (2026-11-27: 20 of 45 four-step windows), so steps are timed one by one and the median
@@ -49,32 +73,35 @@ def main():
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     labels = tf.one_hot(rng.integers(0, 10, n), 10).numpy()
     models = {}
-    for stage in STAGES:
-        m = model_lib.build(10, a.image_size, "none", 0)
-        model_lib.set_trainable(m, "full", stage)
-        m.compile(tf.keras.optimizers.SGD(0.001, momentum=0.9),
-                  tf.keras.losses.CategoricalCrossentropy())
-        m.fit(images, labels, batch_size=a.batch_size, verbose=0)  # trace and warm up
-        models[stage] = m
-    rates = {stage: [] for stage in STAGES}
+    for size in a.image_size:
+        for stage in a.stages:
+            m = model_lib.build(10, size, "none", 0)
+            model_lib.set_trainable(m, "full", stage)
+            m.compile(tf.keras.optimizers.SGD(0.001, momentum=0.9),
+                      tf.keras.losses.CategoricalCrossentropy())
+            m.fit(images, labels, batch_size=a.batch_size, verbose=0)  # trace and warm up
+            models[f"{size}/{stage}"] = m
+    rates = {key: [] for key in models}
     for _ in range(a.rounds):
-        for stage, m in models.items():
+        for key, m in models.items():
             timer = StepTimer()
             m.fit(images, labels, batch_size=a.batch_size, verbose=0, callbacks=[timer])
-            rates[stage] += [a.batch_size / s for s in timer.seconds]
+            rates[key] += [a.batch_size / s for s in timer.seconds]
 
-    base = statistics.median(rates["conv1"])
-    print(f"{a.image_size} px, batch {a.batch_size}, {intra} intra-op threads, fp32, "
+    base = statistics.median(next(iter(rates.values())))
+    print(f"batch {a.batch_size}, {intra} intra-op threads, fp32, "
           f"median of {a.rounds} x {a.steps} steps, each timed alone")
-    print("| --train_from | trainable variables | images/s | vs conv1 |")
-    print("| --- | --- | --- | --- |")
-    for stage, r in rates.items():
+    print("| image size | --train_from | trainable variables | images/s | vs the first row |")
+    print("| --- | --- | --- | --- | --- |")
+    for key, r in rates.items():
         med = statistics.median(r)
-        print(f"| {stage} | {len(models[stage].trainable_variables)} | {med:.1f} "
+        size, stage = key.split("/")
+        print(f"| {size} | {stage} | {len(models[key].trainable_variables)} | {med:.1f} "
               f"({min(r):.1f}-{max(r):.1f}) | {med / base:.2f} |")
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
-        json.dump({"image_size": a.image_size, "batch_size": a.batch_size, "steps": a.steps,
+        json.dump({"image_sizes": a.image_size, "stages": a.stages, "batch_size": a.batch_size,
+                   "steps": a.steps,
                    "intra_op_threads": intra, "inter_op_threads": inter,
                    "images_per_second": rates}, f, indent=1)
 

@@ -49,17 +49,44 @@ def test_markdown_shows_the_ratios_the_targets_are_judged_by():
     assert "200x what a rank of the 2 x 1 layout trains (43.6 images/s)" in text
 
 
+def _freeze_bench(*args):
+    return subprocess.run([sys.executable, "-m", "resnet.bench_freeze", *args], cwd=ROOT,
+                          env=job_env(), capture_output=True, text=True, timeout=600)
+
+
 def test_freeze_benchmark_times_every_stage_with_fewer_variables_each(tmp_path):
     out = tmp_path / "freeze.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "resnet.bench_freeze", "--image_size=32", "--batch_size=4",
-         "--steps=1", "--rounds=1", f"--out={out}"],
-        cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=600)
+    proc = _freeze_bench("--image_size=32", "--batch_size=4", "--steps=1", "--rounds=1",
+                         f"--out={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| conv")]
-    assert [r[1].strip() for r in rows] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
-    variables = [int(r[2]) for r in rows]
+    rows = [[c.strip() for c in line.split("|")] for line in proc.stdout.splitlines()
+            if line.startswith("| 32 |")]
+    assert [r[2] for r in rows] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    variables = [int(r[3]) for r in rows]
     assert variables == sorted(variables, reverse=True) and len(set(variables)) == 5
+    assert rows[0][5] == "1.00"  # the first row is the reference
     figures = json.loads(out.read_text())["images_per_second"]
-    assert sorted(figures) == sorted(r[1].strip() for r in rows)
+    assert sorted(figures) == sorted(f"32/{r[2]}" for r in rows)
     assert all(len(v) == 1 and v[0] > 0 for v in figures.values())
+
+
+def test_freeze_benchmark_compares_image_sizes(tmp_path):
+    out = tmp_path / "freeze.json"
+    proc = _freeze_bench("--image_size=32,48", "--stages=conv5", "--batch_size=4", "--steps=2",
+                         "--rounds=1", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [[c.strip() for c in line.split("|")] for line in proc.stdout.splitlines()
+            if "| conv5 |" in line]
+    assert [(r[1], r[2]) for r in rows] == [("32", "conv5"), ("48", "conv5")]
+    assert rows[0][3] == rows[1][3]  # the same variables train at either size
+    figures = json.loads(out.read_text())["images_per_second"]
+    assert sorted(figures) == ["32/conv5", "48/conv5"]
+    assert all(len(v) == 2 and min(v) > 0 for v in figures.values())
+
+
+def test_freeze_benchmark_refuses_unknown_stages_and_sizes(tmp_path):
+    proc = _freeze_bench("--stages=conv4,conv9", f"--out={tmp_path / 'f.json'}")
+    assert proc.returncode == 2 and "conv9: not a stage" in proc.stderr
+    proc = _freeze_bench("--image_size=96,16", f"--out={tmp_path / 'f.json'}")
+    assert proc.returncode == 2 and "at least 32 pixels" in proc.stderr
+    assert not (tmp_path / "f.json").exists()
