@@ -22,7 +22,8 @@ def test_flip_averages_the_image_and_its_mirror(tmp_path, image_tar, splits):
     model_dir = tmp_path / "m"
     common = [f"--data_dir={image_tar}", f"--model_dir={model_dir}", "--weights=none",
               "--batch_size=8", "--image_size=32"]
-    # Twice the usual rate so that, after 10 steps, the weights tell an image from its mirror.
+    # Trained first: the head starts at zero, so an untrained model scores every image (and its
+    # mirror) alike and the flip could not show. The last assertion checks it does.
     run_job(common + ["--epochs=1", "--learning_rate=0.004"])
     plain = json.loads((model_dir / "metrics.json").read_text())
     run_job(common + ["--eval_only", "--test_time_flip"], np_ranks=2)
