@@ -3,13 +3,16 @@
   .venv/bin/python -m resnet.bench_freeze    # 96 px, batch 64: over 13 minutes on 2 cores
   .venv/bin/python -m resnet.bench_freeze --image_size=128 --batch_size=32
   .venv/bin/python -m resnet.bench_freeze --image_size=96,112,128 --stages=conv4   # sizes
+  .venv/bin/python -m resnet.bench_freeze --stages=conv4 --precision=fp32,bf16     # precisions
 
-One process builds one model per setting, an image size and a --train_from stage (resnet.model,
+One process builds one model per setting, an image size, a --train_from stage and a precision
+(resnet.model,
 set_trainable as train_dist.py does, oneDNN on, the rank's threads as train_dist.py sets them),
 on synthetic data, then runs --steps steps of each in turn, --rounds times: the settings
 alternate, so a slow spell of this shared machine hits them alike. Every step is timed alone
 (bench_baseline.StepTimer, as bench_gap does). Prints images/s, median (min-max) over the steps,
-and each against the first setting (conv1, everything training, at the first size, by default);
+and each against the first setting (conv1, everything training, at the first size, in the first
+precision, by default);
 writes bench_out/freeze.json.
 """
 
@@ -26,7 +29,7 @@ import tensorflow as tf  # noqa: E402
 from resnet import model as model_lib  # noqa: E402
 from resnet import runtime  # noqa: E402
 from resnet.bench_baseline import StepTimer  # noqa: E402
-from resnet.config import STAGES  # noqa: E402
+from resnet.config import PRECISIONS, STAGES  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,11 +54,22 @@ def _stages(text: str) -> list:
     return stages
 
 
+def _precisions(text: str) -> list:
+    precisions = text.split(",")
+    unknown = [v for v in precisions if v not in PRECISIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: not a precision; "
+                                         f"choose from {', '.join(PRECISIONS)}")
+    return precisions
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--image_size", type=_ints, default=[96], help="one or more, comma-separated")
     p.add_argument("--stages", type=_stages, default=list(STAGES),
                    help="--train_from values to time, comma-separated")
+    p.add_argument("--precision", type=_precisions, default=["fp32"],
+                   help="fp32, bf16 or both (fp32,bf16), as train_dist.py's --precision")
     p.add_argument("--batch_size", type=int, default=64)
     # On this machine many whole-fit windows ended after 5.2, 10.3 or 20.5 s whatever the setting
     # (2026-11-27: 20 of 45 four-step windows), so steps are timed one by one and the median
@@ -75,12 +89,14 @@ def main():
     models = {}
     for size in a.image_size:
         for stage in a.stages:
-            m = model_lib.build(10, size, "none", 0)
-            model_lib.set_trainable(m, "full", stage)
-            m.compile(tf.keras.optimizers.SGD(0.001, momentum=0.9),
-                      tf.keras.losses.CategoricalCrossentropy())
-            m.fit(images, labels, batch_size=a.batch_size, verbose=0)  # trace and warm up
-            models[f"{size}/{stage}"] = m
+            for precision in a.precision:
+                model_lib.set_precision(precision)  # the policy of the layers built next
+                m = model_lib.build(10, size, "none", 0)
+                model_lib.set_trainable(m, "full", stage)
+                m.compile(tf.keras.optimizers.SGD(0.001, momentum=0.9),
+                          tf.keras.losses.CategoricalCrossentropy())
+                m.fit(images, labels, batch_size=a.batch_size, verbose=0)  # trace and warm up
+                models[f"{size}/{stage}/{precision}"] = m
     rates = {key: [] for key in models}
     for _ in range(a.rounds):
         for key, m in models.items():
@@ -89,18 +105,20 @@ def main():
             rates[key] += [a.batch_size / s for s in timer.seconds]
 
     base = statistics.median(next(iter(rates.values())))
-    print(f"batch {a.batch_size}, {intra} intra-op threads, fp32, "
+    print(f"batch {a.batch_size}, {intra} intra-op threads, "
           f"median of {a.rounds} x {a.steps} steps, each timed alone")
-    print("| image size | --train_from | trainable variables | images/s | vs the first row |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| image size | --train_from | precision | trainable variables | images/s "
+          "| vs the first row |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for key, r in rates.items():
         med = statistics.median(r)
-        size, stage = key.split("/")
-        print(f"| {size} | {stage} | {len(models[key].trainable_variables)} | {med:.1f} "
-              f"({min(r):.1f}-{max(r):.1f}) | {med / base:.2f} |")
+        size, stage, precision = key.split("/")
+        print(f"| {size} | {stage} | {precision} | {len(models[key].trainable_variables)} "
+              f"| {med:.1f} ({min(r):.1f}-{max(r):.1f}) | {med / base:.2f} |")
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
-        json.dump({"image_sizes": a.image_size, "stages": a.stages, "batch_size": a.batch_size,
+        json.dump({"image_sizes": a.image_size, "stages": a.stages, "precisions": a.precision,
+                   "batch_size": a.batch_size,
                    "steps": a.steps,
                    "intra_op_threads": intra, "inter_op_threads": inter,
                    "images_per_second": rates}, f, indent=1)

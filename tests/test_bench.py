@@ -62,11 +62,12 @@ def test_freeze_benchmark_times_every_stage_with_fewer_variables_each(tmp_path):
     rows = [[c.strip() for c in line.split("|")] for line in proc.stdout.splitlines()
             if line.startswith("| 32 |")]
     assert [r[2] for r in rows] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
-    variables = [int(r[3]) for r in rows]
+    assert {r[3] for r in rows} == {"fp32"}  # the default precision
+    variables = [int(r[4]) for r in rows]
     assert variables == sorted(variables, reverse=True) and len(set(variables)) == 5
-    assert rows[0][5] == "1.00"  # the first row is the reference
+    assert rows[0][6] == "1.00"  # the first row is the reference
     figures = json.loads(out.read_text())["images_per_second"]
-    assert sorted(figures) == sorted(f"32/{r[2]}" for r in rows)
+    assert sorted(figures) == sorted(f"32/{r[2]}/fp32" for r in rows)
     assert all(len(v) == 1 and v[0] > 0 for v in figures.values())
 
 
@@ -78,10 +79,23 @@ def test_freeze_benchmark_compares_image_sizes(tmp_path):
     rows = [[c.strip() for c in line.split("|")] for line in proc.stdout.splitlines()
             if "| conv5 |" in line]
     assert [(r[1], r[2]) for r in rows] == [("32", "conv5"), ("48", "conv5")]
-    assert rows[0][3] == rows[1][3]  # the same variables train at either size
+    assert rows[0][4] == rows[1][4]  # the same variables train at either size
     figures = json.loads(out.read_text())["images_per_second"]
-    assert sorted(figures) == ["32/conv5", "48/conv5"]
+    assert sorted(figures) == ["32/conv5/fp32", "48/conv5/fp32"]
     assert all(len(v) == 2 and min(v) > 0 for v in figures.values())
+
+
+def test_freeze_benchmark_compares_precisions_with_the_same_variables(tmp_path):
+    out = tmp_path / "freeze.json"
+    proc = _freeze_bench("--image_size=32", "--stages=conv5", "--precision=fp32,bf16",
+                         "--batch_size=4", "--steps=1", "--rounds=1", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [[c.strip() for c in line.split("|")] for line in proc.stdout.splitlines()
+            if "| conv5 |" in line]
+    assert [r[3] for r in rows] == ["fp32", "bf16"]
+    assert rows[0][4] == rows[1][4]  # mixed_bfloat16 keeps the variables (float32 ones)
+    assert sorted(json.loads(out.read_text())["images_per_second"]) == [
+        "32/conv5/bf16", "32/conv5/fp32"]
 
 
 def test_freeze_benchmark_refuses_unknown_stages_and_sizes(tmp_path):
@@ -89,4 +103,6 @@ def test_freeze_benchmark_refuses_unknown_stages_and_sizes(tmp_path):
     assert proc.returncode == 2 and "conv9: not a stage" in proc.stderr
     proc = _freeze_bench("--image_size=96,16", f"--out={tmp_path / 'f.json'}")
     assert proc.returncode == 2 and "at least 32 pixels" in proc.stderr
+    proc = _freeze_bench("--precision=bf16,fp8", f"--out={tmp_path / 'f.json'}")
+    assert proc.returncode == 2 and "fp8: not a precision" in proc.stderr
     assert not (tmp_path / "f.json").exists()
