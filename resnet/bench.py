@@ -150,16 +150,22 @@ def machine():
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
-# bf16 runs 10x slower than fp32 on this AVX2 machine (no AMX, no AVX512-BF16); one window
-# after the warm-up shows that as well as three, and keeps the harness under 15 minutes.
-BF16_STEPS = WARMUP + WINDOW
+# CPUs on which TensorFlow 2.15 turns oneDNN on by itself (TF_ENABLE_ONEDNN_OPTS unset): those
+# with AVX-512 VNNI or BF16, or AMX. Seen here: on an AMD EPYC with avx512_vnni and avx512_bf16
+# it logs "oneDNN custom operations are on" and IsMklEnabled() is True; on one with AVX2 only
+# both said off, and plain Keras ran TensorFlow's Eigen kernels unless the user asked for oneDNN.
+ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
+
+
+def onednn_by_default(flags) -> bool:
+    return any(f in ONEDNN_DEFAULT_FLAGS for f in flags)
 
 
 def run(quick: bool, data_path: str, out_dir: str) -> dict:
     steps = 9 if quick else 12
     sizes = {32: SIZES[32]} if quick else SIZES
     result = {"machine": machine(), "warmup_steps": WARMUP, "window_steps": WINDOW,
-              "steps": steps, "bf16_steps": BF16_STEPS, "train": {}, "baseline": {},
+              "steps": steps, "bf16_steps": steps, "train": {}, "baseline": {},
               "baseline_onednn": {}}
 
     def log(msg):
@@ -168,14 +174,13 @@ def run(quick: bool, data_path: str, out_dir: str) -> dict:
     for size, batch in sizes.items():
         for precision in ("fp32", "bf16"):
             key = f"{size}px_{precision}"
-            n = steps if precision == "fp32" else BF16_STEPS
             log(f"bench: train_dist 1 rank {key} batch {batch}")
-            result["train"][key] = train_dist(size, precision, batch, n)
+            result["train"][key] = train_dist(size, precision, batch, steps)
             if size == 32:
                 log(f"bench: plain Keras {key} batch {batch}")
-                result["baseline"][key] = plain_keras(size, precision, batch, n)
+                result["baseline"][key] = plain_keras(size, precision, batch, steps)
                 log(f"bench: plain Keras + TF_ENABLE_ONEDNN_OPTS=1 {key} batch {batch}")
-                result["baseline_onednn"][key] = plain_keras(size, precision, batch, n, True)
+                result["baseline_onednn"][key] = plain_keras(size, precision, batch, steps, True)
     log("bench: 2 ranks x 1 core, 32px fp32")
     two_by_one = train_dist(32, "fp32", SIZES[32], steps, ranks=2)
     # The three figures the targets compare get a second round in reverse order (2x1, ours,
@@ -207,6 +212,17 @@ def _ratio(a, b):
     return f"{a['median'] / b['median']:.2f}" if "median" in a and "median" in b else "-"
 
 
+def _onednn_note(flags) -> str:
+    if onednn_by_default(flags):
+        return ("Plain Keras as a user runs it leaves `TF_ENABLE_ONEDNN_OPTS` unset; on this CPU "
+                "(AVX-512 VNNI/BF16 or AMX) TensorFlow then turns oneDNN on by itself, so the "
+                "first two columns are the same setting, measured in two processes: their "
+                "difference is this machine's process-to-process spread.")
+    return ("Plain Keras as a user runs it leaves `TF_ENABLE_ONEDNN_OPTS` unset, which on a CPU "
+            "without AVX-512 VNNI/BF16 or AMX means oneDNN's kernels are off; the middle column "
+            "turns them on, to separate that from the rest.")
+
+
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [START, "",
@@ -215,15 +231,12 @@ def markdown(r: dict) -> str:
              f"Python {m['python']}, TensorFlow {m['tensorflow']}, Horovod {m['horovod']}. "
              f"Images/s, median (min-max) of {WINDOW}-step windows after {WARMUP} warm-up steps, "
              f"{r['steps']} steps per fp32 run and {r.get('bf16_steps', r['steps'])} per bf16 "
-             "run (one window: bf16 is 10x slower here), synthetic data, `--weights=none` "
-             "(same compute). "
+             "run, synthetic data, `--weights=none` (same compute). "
              + ("The 32px fp32 figures of plain Keras + oneDNN, train_dist.py and 2 ranks x 1 "
                 "core pool the windows of two rounds, run in forward then reverse order."
                 if r.get("rounds_32px_fp32") == 2 else ""), "",
              "### train_dist.py (1 rank, 2 cores) against plain Keras model.fit", "",
-             "Plain Keras as a user runs it leaves `TF_ENABLE_ONEDNN_OPTS` unset, which on a CPU "
-             "without AVX-512 VNNI/BF16 or AMX means oneDNN's kernels are off; the middle "
-             "column turns them on, to separate that from the rest.", "",
+             _onednn_note(m["flags"]), "",
              "| setting | plain Keras | plain Keras + oneDNN | train_dist.py | vs plain | "
              "vs plain + oneDNN |", "| --- | --- | --- | --- | --- | --- |"]
     for key, base in r["baseline"].items():

@@ -47,6 +47,9 @@ def test_markdown_shows_the_ratios_the_targets_are_judged_by():
     assert "2 ranks x 1 core / 1 rank x 2 cores: 0.90" in text
     assert "pool the windows of two rounds" in text
     assert "200x what a rank of the 2 x 1 layout trains (43.6 images/s)" in text
+    assert "oneDNN's kernels are off" in text  # an AVX2 CPU: plain Keras runs without oneDNN
+    r["machine"]["flags"] = ["avx2", "avx512_bf16", "avx512f"]
+    assert "TensorFlow then turns oneDNN on by itself" in bench.markdown(r)
 
 
 def _freeze_bench(*args):
