@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from resnet.config import STAGES
 from resnet.errors import UsageError
@@ -19,8 +20,31 @@ IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications.resnet50.pr
 MIN_IMAGE_SIZE = 32  # ResNet50 downsamples 32x: smaller inputs leave nothing to pool
 
 
+# CPU flags (as /proc/cpuinfo spells them) of bfloat16 arithmetic that oneDNN uses: AMX on Intel
+# Sapphire Rapids and later, AVX512-BF16 on Cooper Lake and AMD Zen 4.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def bf16_warning(cpuinfo: str = "/proc/cpuinfo"):
+    """A warning for --precision=bf16 on a CPU without bfloat16 arithmetic, else None (also when
+    the flags cannot be read). Measured: 0.08-0.10x float32's images/s on an AVX2-only EPYC,
+    1.7x on an AVX512-BF16 one (BENCHMARKS.md)."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), None)
+    except OSError:
+        return None
+    if flags is None or any(f in flags for f in BF16_CPU_FLAGS):
+        return None
+    return ("--precision=bf16 on a CPU without AMX or AVX512-BF16: oneDNN emulates bfloat16, "
+            "which trained at about a tenth of float32's speed here; use --precision=fp32")
+
+
 def set_precision(precision: str) -> None:
-    """bf16 runs convolutions and matmuls in bfloat16 (AMX on Sapphire Rapids), variables in fp32."""
+    """bf16 runs convolutions and matmuls in bfloat16 (AMX or AVX512-BF16), variables in fp32."""
+    if precision == "bf16" and (warning := bf16_warning()):
+        logging.warning(warning)
     tf.keras.mixed_precision.set_global_policy(
         "mixed_bfloat16" if precision == "bf16" else "float32")
 

@@ -29,6 +29,23 @@ def test_bf16_keeps_probabilities_float32():
         model.set_precision("fp32")
 
 
+def _cpuinfo(tmp_path, flags):
+    # Two logical CPUs, as /proc/cpuinfo lists them (the fields that matter here).
+    text = "".join(f"processor\t: {i}\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n"
+                   f"flags\t\t: {flags}\n\n" for i in range(2))
+    path = tmp_path / "cpuinfo"
+    path.write_text(text)
+    return str(path)
+
+
+def test_bf16_warns_only_on_cpus_without_bfloat16_arithmetic(tmp_path):
+    avx2 = _cpuinfo(tmp_path, "fpu sse sse2 avx avx2 fma avx512f_not_a_flag")
+    assert "without AMX or AVX512-BF16" in model.bf16_warning(avx2)
+    assert model.bf16_warning(_cpuinfo(tmp_path, "fpu avx2 avx512f avx512_bf16 fma")) is None
+    assert model.bf16_warning(_cpuinfo(tmp_path, "fpu avx2 amx_bf16 amx_tile")) is None
+    assert model.bf16_warning(str(tmp_path / "absent")) is None  # unknown: no guess
+
+
 def test_weights_that_do_not_fit_are_refused(tmp_path):
     wrong = tmp_path / "wrong.h5"
     tiny = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)])
