@@ -45,30 +45,24 @@ def _ints(text: str) -> list:
     return sizes
 
 
-def _stages(text: str) -> list:
-    stages = text.split(",")
-    unknown = [v for v in stages if v not in STAGES]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: not a stage; "
-                                         f"choose from {', '.join(STAGES)}")
-    return stages
-
-
-def _precisions(text: str) -> list:
-    precisions = text.split(",")
-    unknown = [v for v in precisions if v not in PRECISIONS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: not a precision; "
-                                         f"choose from {', '.join(PRECISIONS)}")
-    return precisions
+def _one_of(choices, what: str):
+    """An argparse type: comma-separated values, each one of `choices`."""
+    def parse(text: str) -> list:
+        values = text.split(",")
+        unknown = [v for v in values if v not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: not a {what}; "
+                                             f"choose from {', '.join(choices)}")
+        return values
+    return parse
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--image_size", type=_ints, default=[96], help="one or more, comma-separated")
-    p.add_argument("--stages", type=_stages, default=list(STAGES),
+    p.add_argument("--stages", type=_one_of(STAGES, "stage"), default=list(STAGES),
                    help="--train_from values to time, comma-separated")
-    p.add_argument("--precision", type=_precisions, default=["fp32"],
+    p.add_argument("--precision", type=_one_of(PRECISIONS, "precision"), default=["fp32"],
                    help="fp32, bf16 or both (fp32,bf16), as train_dist.py's --precision")
     p.add_argument("--batch_size", type=int, default=64)
     # On this machine many whole-fit windows ended after 5.2, 10.3 or 20.5 s whatever the setting
