@@ -1,6 +1,6 @@
 """The benchmark harness: every speed figure in BENCHMARKS.md comes from one run of this.
 
-  .venv/bin/python -m resnet.bench            # about 13 minutes on 2 cores
+  .venv/bin/python -m resnet.bench            # 4.6 minutes on 2 Zen 4 cores (13 on AVX2)
   .venv/bin/python -m resnet.bench --quick    # fewer steps and sizes, for a smoke run
 
 In ONE run, on the same machine and synthetic data (so the disk is out of the picture):
