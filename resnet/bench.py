@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 
+from resnet import topology
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WARMUP = 3
 WINDOW = 3
@@ -138,8 +140,7 @@ print(json.dumps({{"decode": decode, "augment": n / (time.perf_counter() - t)}})
 def machine():
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = re.search(r"Model name:\s*(.+)", lscpu)
-    flags = re.search(r"Flags:\s*(.+)", lscpu)
-    wanted = sorted(f for f in (flags.group(1).split() if flags else [])
+    wanted = sorted(f for f in topology.cpu_flags() or ()
                     if f.startswith(("avx512", "amx", "avx2", "avx_vnni", "fma")))
     import horovod
     import tensorflow as tf
@@ -165,7 +166,7 @@ def run(quick: bool, data_path: str, out_dir: str) -> dict:
     steps = 9 if quick else 12
     sizes = {32: SIZES[32]} if quick else SIZES
     result = {"machine": machine(), "warmup_steps": WARMUP, "window_steps": WINDOW,
-              "steps": steps, "bf16_steps": steps, "train": {}, "baseline": {},
+              "steps": steps, "train": {}, "baseline": {},
               "baseline_onednn": {}}
 
     def log(msg):
@@ -230,8 +231,7 @@ def markdown(r: dict) -> str:
              f"{m['logical_cpus']} logical CPUs, flags {' '.join(m['flags']) or 'none of note'}; "
              f"Python {m['python']}, TensorFlow {m['tensorflow']}, Horovod {m['horovod']}. "
              f"Images/s, median (min-max) of {WINDOW}-step windows after {WARMUP} warm-up steps, "
-             f"{r['steps']} steps per fp32 run and {r.get('bf16_steps', r['steps'])} per bf16 "
-             "run, synthetic data, `--weights=none` (same compute). "
+             f"{r['steps']} steps per run, synthetic data, `--weights=none` (same compute). "
              + ("The 32px fp32 figures of plain Keras + oneDNN, train_dist.py and 2 ranks x 1 "
                 "core pool the windows of two rounds, run in forward then reverse order."
                 if r.get("rounds_32px_fp32") == 2 else ""), "",

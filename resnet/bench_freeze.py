@@ -6,14 +6,13 @@
   .venv/bin/python -m resnet.bench_freeze --stages=conv4 --precision=fp32,bf16     # precisions
 
 One process builds one model per setting, an image size, a --train_from stage and a precision
-(resnet.model,
-set_trainable as train_dist.py does, oneDNN on, the rank's threads as train_dist.py sets them),
+(resnet.model, set_trainable as train_dist.py does, oneDNN on, the rank's threads as
+train_dist.py sets them),
 on synthetic data, then runs --steps steps of each in turn, --rounds times: the settings
 alternate, so a slow spell of this shared machine hits them alike. Every step is timed alone
 (bench_baseline.StepTimer, as bench_gap does). Prints images/s, median (min-max) over the steps,
 and each against the first setting (conv1, everything training, at the first size, in the first
-precision, by default);
-writes bench_out/freeze.json.
+precision, by default); writes bench_out/freeze.json.
 """
 
 import argparse

@@ -158,7 +158,7 @@ def run(config: Config) -> dict:
     import horovod.tensorflow.keras as hvd
     first = runtime.start(config.intra_op_threads, config.inter_op_threads)
     train.check_model_dir(config.model_dir)  # every rank on its own: no collective here
-    model_lib.set_precision(config.precision)
+    model_lib.set_precision(config.precision, warn=first.is_chief)
     class_names = cifar.CLASS_NAMES
     train_split, test_split = train.load_data(config, first)
     n = len(train_split)

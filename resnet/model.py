@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from resnet import topology
 from resnet.config import STAGES
 from resnet.errors import UsageError
 
@@ -25,25 +26,20 @@ MIN_IMAGE_SIZE = 32  # ResNet50 downsamples 32x: smaller inputs leave nothing to
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-def bf16_warning(cpuinfo: str = "/proc/cpuinfo"):
-    """A warning for --precision=bf16 on a CPU without bfloat16 arithmetic, else None (also when
-    the flags cannot be read). Measured: 0.08-0.10x float32's images/s on an AVX2-only EPYC,
-    1.7x on an AVX512-BF16 one (BENCHMARKS.md)."""
-    try:
-        with open(cpuinfo) as f:
-            flags = next((line.split(":", 1)[1].split() for line in f
-                          if line.startswith("flags")), None)
-    except OSError:
-        return None
+def bf16_warning(flags):
+    """A warning for --precision=bf16 on a CPU with these flags (topology.cpu_flags()) and no
+    bfloat16 arithmetic, else None (also for None: flags unknown). Measured: 0.08-0.10x
+    float32's images/s on an AVX2-only EPYC, 1.7x on an AVX512-BF16 one (BENCHMARKS.md)."""
     if flags is None or any(f in flags for f in BF16_CPU_FLAGS):
         return None
     return ("--precision=bf16 on a CPU without AMX or AVX512-BF16: oneDNN emulates bfloat16, "
             "which trained at about a tenth of float32's speed here; use --precision=fp32")
 
 
-def set_precision(precision: str) -> None:
-    """bf16 runs convolutions and matmuls in bfloat16 (AMX or AVX512-BF16), variables in fp32."""
-    if precision == "bf16" and (warning := bf16_warning()):
+def set_precision(precision: str, warn: bool = True) -> None:
+    """bf16 runs convolutions and matmuls in bfloat16 (AMX or AVX512-BF16), variables in fp32.
+    `warn`: log bf16_warning for this CPU (rank 0 alone, as the job's other messages)."""
+    if warn and precision == "bf16" and (warning := bf16_warning(topology.cpu_flags())):
         logging.warning(warning)
     tf.keras.mixed_precision.set_global_policy(
         "mixed_bfloat16" if precision == "bf16" else "float32")

@@ -10,7 +10,7 @@ import dataclasses
 import glob
 import os
 import subprocess
-from typing import Dict, List, Tuple
+from typing import Dict, FrozenSet, List, Optional, Tuple
 
 from resnet.errors import UsageError
 
@@ -76,3 +76,16 @@ def read() -> Topology:
         return _from_rows(_lscpu_rows())
     except (OSError, subprocess.CalledProcessError, ValueError):
         return _from_rows(_sys_rows())
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> Optional[FrozenSet[str]]:
+    """The CPU's feature flags as the kernel spells them (avx512_bf16, amx_bf16, ...); None when
+    they cannot be read (not Linux, or no flags line)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None

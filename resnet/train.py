@@ -291,7 +291,7 @@ def run(config: Config) -> dict:
     if config.debug:
         tf.debugging.set_log_device_placement(True)
     runtime.chief_decides(world, lambda: check_model_dir(config.model_dir))
-    model_lib.set_precision(config.precision)
+    model_lib.set_precision(config.precision, warn=world.is_chief)
     class_names = cifar.CLASS_NAMES
     train, test = load_data(config, world)
     resume = runtime.chief_decides(world, lambda: checkpoints.latest(config.model_dir))

@@ -34,7 +34,7 @@ def _figure(median):
 def test_markdown_shows_the_ratios_the_targets_are_judged_by():
     r = {"machine": {"cpu": "Test CPU", "logical_cpus": 2, "flags": ["avx2"], "python": "3.11",
                      "tensorflow": "2.15.1", "horovod": "0.28.1", "date": "today"},
-         "steps": 12, "bf16_steps": 6, "rounds_32px_fp32": 2,
+         "steps": 12, "rounds_32px_fp32": 2,
          "baseline": {"32px_fp32": _figure(20.0), "32px_bf16": _figure(10.0)},
          "baseline_onednn": {"32px_fp32": _figure(100.0), "32px_bf16": _figure(10.0)},
          "train": {"32px_fp32": _figure(97.0), "32px_bf16": _figure(9.0)},

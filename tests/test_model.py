@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import SHARED_WEIGHTS
-from resnet import model
+from resnet import model, topology
 from resnet.errors import UsageError
 
 
@@ -38,12 +38,16 @@ def _cpuinfo(tmp_path, flags):
     return str(path)
 
 
+def _warning(path):
+    return model.bf16_warning(topology.cpu_flags(path))
+
+
 def test_bf16_warns_only_on_cpus_without_bfloat16_arithmetic(tmp_path):
     avx2 = _cpuinfo(tmp_path, "fpu sse sse2 avx avx2 fma avx512f_not_a_flag")
-    assert "without AMX or AVX512-BF16" in model.bf16_warning(avx2)
-    assert model.bf16_warning(_cpuinfo(tmp_path, "fpu avx2 avx512f avx512_bf16 fma")) is None
-    assert model.bf16_warning(_cpuinfo(tmp_path, "fpu avx2 amx_bf16 amx_tile")) is None
-    assert model.bf16_warning(str(tmp_path / "absent")) is None  # unknown: no guess
+    assert "without AMX or AVX512-BF16" in _warning(avx2)
+    assert _warning(_cpuinfo(tmp_path, "fpu avx2 avx512f avx512_bf16 fma")) is None
+    assert _warning(_cpuinfo(tmp_path, "fpu avx2 amx_bf16 amx_tile")) is None
+    assert _warning(str(tmp_path / "absent")) is None  # unknown: no guess
 
 
 def test_weights_that_do_not_fit_are_refused(tmp_path):
