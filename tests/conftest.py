@@ -9,6 +9,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import cifar_files  # noqa: E402
+import resnet  # noqa: E402,F401  (TF_USE_LEGACY_KERAS=1 for every test and every job it starts)
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 SHARED_WEIGHTS = os.path.join(SHARED, "weights",
