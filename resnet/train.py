@@ -256,10 +256,16 @@ def evaluate_test(model, test, world, config, class_names, on_batch=lambda: None
 
 # --- Results ----------------------------------------------------------------------------------
 
+def _keras_version() -> str:
+    import tf_keras  # what tf.keras is under TF_USE_LEGACY_KERAS=1 (resnet/__init__.py)
+    return tf_keras.__version__
+
+
 def _versions() -> dict:
     import horovod
-    return {"tensorflow": tf.__version__, "horovod": horovod.__version__,
-            "python": platform.python_version(), "numpy": np.__version__}
+    return {"tensorflow": tf.__version__, "keras": _keras_version(),
+            "horovod": horovod.__version__, "python": platform.python_version(),
+            "numpy": np.__version__}
 
 
 def chief_save_model(config: Config, model, class_names) -> None:

@@ -90,7 +90,8 @@ want_stamp=$(cat <(echo "python $want_py") "$root/requirements.txt" "$root/requi
 have_py=""
 [[ -e $venv ]] && have_py=$(py_version "$venv/bin/python")
 if [[ -e $venv && $have_py != "$want_py" ]]; then
-  log "rebuilding $venv: it was made by ${have_py:+Python $have_py}${have_py:-a Python that no longer runs}, not Python $want_py ($py)"
+  made_by="Python $have_py"; [[ -n $have_py ]] || made_by="a Python that no longer runs"
+  log "rebuilding $venv: it was made by $made_by, not Python $want_py ($py)"
   rm -rf "$venv"
 fi
 if [[ ! -e $venv ]]; then
