@@ -151,7 +151,7 @@ def machine():
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
-# CPUs on which TensorFlow 2.15 turns oneDNN on by itself (TF_ENABLE_ONEDNN_OPTS unset): those
+# CPUs on which TensorFlow (2.15; 2.21 the same) turns oneDNN on by itself (TF_ENABLE_ONEDNN_OPTS unset): those
 # with AVX-512 VNNI or BF16, or AMX. Seen here: on an AMD EPYC with avx512_vnni and avx512_bf16
 # it logs "oneDNN custom operations are on" and IsMklEnabled() is True; on one with AVX2 only
 # both said off, and plain Keras ran TensorFlow's Eigen kernels unless the user asked for oneDNN.

@@ -52,7 +52,7 @@ def _state_class():
 
     class TrainingState(State):
         """What survivors roll back to. Horovod's KerasState calls optimizer.variables() as a
-        method, which Keras 2.15's optimizers made a property, so it fails here; this one also
+        method, which Keras 2's optimizers made a property from 2.15 on (tf_keras 2.21 too), so it fails here; this one also
         keeps its Python fields in JSON (see _broadcast_json)."""
 
         FIELDS = ("epoch", "done", "history", "train_logs")
