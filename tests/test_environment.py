@@ -62,7 +62,8 @@ def test_the_full_tensorflow_wheel_is_not_installed_beside_tensorflow_cpu():
 
 
 def test_horovod_is_the_pinned_one_built_with_mpi_gloo_against_this_tensorflow():
-    pinned = re.search(r"^horovod_version=(\S+)$", _setup_sh(), re.M).group(1)
+    source_sh = open(os.path.join(ROOT, "tools", "horovod_source.sh")).read()
+    pinned = re.search(r"^horovod_version=(\S+)$", source_sh, re.M).group(1)
     assert metadata.version("horovod") == pinned
     assert f"horovod {pinned}" in open(os.path.join(ROOT, "environment.yml")).read()
     assert f"horovod=={pinned}" in open(os.path.join(ROOT, "requirements.txt")).read()

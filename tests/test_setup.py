@@ -157,3 +157,38 @@ def test_whole_setup_on_another_python_into_a_throwaway_venv(tmp_path):
     assert third.returncode == 0, third.stderr[-3000:]
     assert "installing requirements.txt" in third.stderr
     assert subprocess.run([py, "-c", "import absl"], timeout=60).returncode == 0
+
+
+SOURCE = os.path.join(ROOT, "tools", "horovod_source.sh")
+
+
+def test_a_horovod_sdist_with_another_sha256_is_refused_and_nothing_is_left(tmp_path):
+    fake = tmp_path / "horovod-0.28.1.tar.gz"
+    tree = tmp_path / "t" / "horovod-0.28.1"
+    tree.mkdir(parents=True)
+    (tree / "setup.py").write_text("raise SystemExit('must never run')\n")
+    subprocess.run(["tar", "-czf", str(fake), "-C", str(tmp_path / "t"), "horovod-0.28.1"],
+                   check=True, timeout=60)
+    dest = tmp_path / "dest"
+    proc = subprocess.run([SOURCE, str(dest), str(fake)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "not horovod 0.28.1's 92a43f5a" in proc.stderr and "not building it" in proc.stderr
+    assert list(dest.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_horovod_source_is_the_checked_sdist_with_every_patch_applied(tmp_path):
+    """Slow-marked: it downloads horovod's sdist (5 MB) from PyPI, as set-up does."""
+    proc = subprocess.run([SOURCE, str(tmp_path / "src")], capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, PIP=f"{sys.executable} -m pip"))
+    assert proc.returncode == 0, proc.stderr
+    src = proc.stdout.strip()
+    patches = sorted(glob.glob(os.path.join(ROOT, "third_party", "horovod", "*.patch")))
+    assert [f"applying {os.path.basename(p)}" in proc.stderr for p in patches] == \
+        [True] * len(patches)
+    cmake = open(os.path.join(src, "horovod", "tensorflow", "CMakeLists.txt")).read()
+    assert 'if (Tensorflow_VERSION VERSION_LESS "2.19")' in cmake
+    keras = open(os.path.join(src, "horovod", "tensorflow", "keras", "__init__.py")).read()
+    assert "K = keras.backend" in keras
+    assert not glob.glob(os.path.join(src, "**", "*.orig"), recursive=True)

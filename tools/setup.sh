@@ -13,9 +13,6 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${VENV:-$root/.venv}
-horovod_version=0.28.1
-# sha256 of horovod-0.28.1.tar.gz as PyPI serves it; the patches are written against exactly it.
-horovod_sha256=92a43f5a94c43907a56805bad15f19700c62ffc83b7ca483f9e104e229f67ef0
 # TensorFlow 2.21 has wheels for Python 3.10 to 3.13.
 supported=(3.13 3.12 3.11 3.10)
 
@@ -81,6 +78,8 @@ if ((${#need_pkgs[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenmpi-dev openmpi-bin patch >/dev/null
 fi
 
+horovod_version=$("$root/tools/horovod_source.sh" --version)  # pinned, with its sha256, there
+
 # --- The venv --------------------------------------------------------------------------------
 stamp="$venv/.setup-complete"
 # What a finished set-up is made of: the Python, the pins, the patches and this script.
@@ -136,24 +135,14 @@ tmp=""
 trap '[[ -z $tmp ]] || rm -rf "$tmp"' EXIT
 build_horovod() {
   tmp=$(mktemp -d)
-  log "downloading horovod $horovod_version's sdist"
-  "${pip[@]}" download --no-deps --no-binary :all: --no-build-isolation -d "$tmp" \
-    "horovod==$horovod_version"
-  local sdist="$tmp/horovod-$horovod_version.tar.gz"
-  echo "$horovod_sha256  $sdist" | sha256sum -c --quiet - ||
-    die "$sdist does not have the expected sha256 $horovod_sha256: not building it"
-  tar -xzf "$sdist" -C "$tmp"
-  local p
-  for p in "$root"/third_party/horovod/*.patch; do
-    log "applying $(basename "$p")"
-    patch -p1 -s -d "$tmp/horovod-$horovod_version" <"$p" || die "$(basename "$p") did not apply"
-  done
+  local src
+  src=$(PIP="$vpy -m pip" "$root/tools/horovod_source.sh" "$tmp/src") ||
+    die "no checked, patched horovod source to build"
   log "building horovod $horovod_version against TensorFlow $tf_version (about 8 minutes on 2 cores)"
   mkdir -p "$wheels"
   HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1 \
   HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS="-j$(nproc)" \
-    PATH="$venv/bin:$PATH" "${pip[@]}" wheel --no-deps --no-build-isolation -w "$tmp/wheel" \
-    "$tmp/horovod-$horovod_version"
+    PATH="$venv/bin:$PATH" "${pip[@]}" wheel --no-deps --no-build-isolation -w "$tmp/wheel" "$src"
   mv "$tmp"/wheel/horovod-*.whl "$wheels/"
 }
 if ! horovod_ok; then
