@@ -107,8 +107,14 @@ import os, sys
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 import horovod
 import horovod.tensorflow as hvd
-import horovod.tensorflow.keras  # noqa: F401  (the patched Keras layer imports)
-ok = horovod.__version__ == sys.argv[1] and hvd.mpi_built() and hvd.gloo_built()
+import horovod.tensorflow.keras as hvd_keras
+import json, tensorflow as tf
+# Built against this TensorFlow (Horovod only warns on a mismatch, as after TF 2.15 -> 2.21 in a
+# kept venv), and patched (third_party/horovod/0002: the Keras backend is tf_keras's).
+meta = json.load(open(os.path.join(os.path.dirname(horovod.__file__), "metadata.json")))
+ok = (horovod.__version__ == sys.argv[1] and hvd.mpi_built() and hvd.gloo_built()
+      and meta.get("tensorflow") == tf.__version__
+      and hvd_keras.K.__name__.startswith("tf_keras"))
 sys.exit(0 if ok else 1)
 PY
 }
