@@ -34,9 +34,13 @@ def _munge_running() -> bool:
                                                   capture_output=True).returncode == 0
 
 
-def _start_munge():
+MUNGE_PID = "/run/munge/munged.pid"
+
+
+def _start_munge() -> bool:
+    """True when this call started munged (and so the cluster must stop it)."""
     if _munge_running():
-        return
+        return False
     if not os.path.exists("/etc/munge/munge.key"):
         subprocess.run(["mungekey", "--create"], check=True)
         shutil.chown("/etc/munge/munge.key", "munge", "munge")
@@ -45,7 +49,7 @@ def _start_munge():
     subprocess.run(["runuser", "-u", "munge", "--", "munged"], check=True)
     for _ in range(50):
         if _munge_running():
-            return
+            return True
         time.sleep(0.1)
     raise RuntimeError("munged did not start")
 
@@ -56,6 +60,7 @@ class Cluster:
         self.conf = os.path.join(workdir, "slurm.conf")
         self.env = dict(os.environ, SLURM_CONF=self.conf)
         self.host = socket.gethostname().split(".")[0]
+        self.started_munge = False
 
     def _write_conf(self):
         cpus = os.cpu_count()
@@ -97,7 +102,7 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP Over
 """)
 
     def start(self):
-        _start_munge()
+        self.started_munge = _start_munge()
         self._write_conf()
         subprocess.run(["slurmctld", "-f", self.conf], check=True, env=self.env)
         subprocess.run(["slurmd", "-f", self.conf], check=True, env=self.env)
@@ -113,8 +118,10 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP Over
 
     def stop(self):
         subprocess.run(["scontrol", "shutdown"], env=self.env, capture_output=True)
-        for pid_file in ("slurmd.pid", "slurmctld.pid"):
-            path = os.path.join(self.dir, pid_file)
+        pid_files = [os.path.join(self.dir, f) for f in ("slurmd.pid", "slurmctld.pid")]
+        if self.started_munge:  # a munged that was already running is left alone
+            pid_files.append(MUNGE_PID)
+        for path in pid_files:
             try:
                 os.kill(int(open(path).read()), 15)
             except (OSError, ValueError):

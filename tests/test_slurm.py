@@ -21,7 +21,11 @@ def cluster(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     c = slurm_cluster.Cluster(str(tmp_path_factory.mktemp("slurm")))
-    c.start()
+    try:
+        c.start()
+    except BaseException:  # a daemon that did start is stopped even when the node never came up
+        c.stop()
+        raise
     c.env.update({k: v for k, v in job_env().items() if k not in os.environ or
                   k in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")})
     yield c
