@@ -86,3 +86,15 @@ def test_horovod_keras_layer_uses_tf_keras():
     for module in (hvd_keras, hvd_callbacks):
         assert module.K.__name__.startswith("tf_keras"), module.K
         assert hasattr(module.K, "get_value") and hasattr(module.K, "set_value")
+
+
+def test_resnet_refuses_a_tf_keras_already_bound_to_keras_3():
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env.update(PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    code = "import tensorflow as tf; tf.keras.Model; import resnet"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert "tf.keras was already used as Keras 3: import resnet before using tf.keras" in proc.stderr
