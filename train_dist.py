@@ -5,8 +5,8 @@
   mpirun -np 4 --map-by ppr:2:socket:pe=14 python train_dist.py ...      # see launch/
   sbatch launch/slurm_1node.sbatch                                       # Slurm
 
-Kept thin: flags become a frozen Config, resnet.train.run does the work. Bad input exits 2 with
-one line saying what is wrong.
+Kept thin: flags become a frozen Config, resnet.training.job.run does the work. Bad input exits 2
+with one line saying what is wrong.
 """
 
 import os
@@ -22,7 +22,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from resnet import flags as resnet_flags  # noqa: E402
 from resnet.errors import (EXIT_DIVERGED, EXIT_HUNG, EXIT_REQUEUE, EXIT_USAGE,  # noqa: E402
-                           UsageError)
+                           Diverged, Preempted, UsageError)
 
 resnet_flags.define()
 FLAGS = flags.FLAGS
@@ -33,27 +33,26 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         config = resnet_flags.to_config(FLAGS)
-        from resnet import runtime, train  # TensorFlow loads only once the flags are good
-        from resnet.callbacks import Diverged, Preempted
-        try:
-            train.run(config)
-        except Preempted as e:  # exit 3: the batch script requeues, the same command resumes
-            logging.warning("%s", e)
-            sys.exit(EXIT_REQUEUE)
-        except Diverged as e:
-            print(f"error: {e}. The last good checkpoint is kept. The learning rate is likely too "
-                  "high for the global batch: lower --learning_rate or raise --warmup_epochs",
-                  file=sys.stderr)
-            sys.exit(EXIT_DIVERGED)
-        except Exception as e:  # exit 5, as the watchdog's: a rank stopped, run it again
-            if not runtime.horovod_shut_down(e):
-                raise
-            print(f"error: {runtime.SHUT_DOWN_HELP}", file=sys.stderr)
-            sys.exit(EXIT_HUNG)
+        from resnet.training import job  # TensorFlow loads only once the flags are good
+        job.run(config)
     except UsageError as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except Preempted as e:  # exit 3: the batch script requeues, the same command resumes
+        logging.warning("%s", e)
+        sys.exit(EXIT_REQUEUE)
+    except Diverged as e:
+        print(f"error: {e}. The last good checkpoint is kept. The learning rate is likely too "
+              "high for the global batch: lower --learning_rate or raise --warmup_epochs",
+              file=sys.stderr)
+        sys.exit(EXIT_DIVERGED)
+    except Exception as e:  # exit 5, as the watchdog's: a rank stopped, run it again
+        from resnet.runtime.world import SHUT_DOWN_HELP, horovod_shut_down
+        if not horovod_shut_down(e):
+            raise
+        print(f"error: {SHUT_DOWN_HELP}", file=sys.stderr)
+        sys.exit(EXIT_HUNG)
 
 
 if __name__ == "__main__":

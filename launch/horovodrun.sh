@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One node: horovodrun with one rank per socket (or -np N), each bound to its own cores, with
-# per-rank oneDNN threads from the launch plan (resnet/launch_plan.py).
+# per-rank oneDNN threads from the launch plan (resnet/launch/plan.py).
 #
 # Usage: launch/horovodrun.sh [-np N] [--min-np A --max-np B --hosts-file F
 #                             [--network-interfaces NIC]] [--dry_run]
@@ -28,4 +28,4 @@ while (($#)); do
     *) break ;;
   esac
 done
-exec "$PY" -m resnet.launch_plan "${plan_args[@]}" -- "$@"
+exec "$PY" -m resnet.launch.plan "${plan_args[@]}" -- "$@"

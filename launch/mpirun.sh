@@ -13,4 +13,4 @@ source "$root/launch/common.sh"
 case ${1:-} in -h|--help) usage "$0"; exit 0 ;; esac
 launcher=mpirun
 [[ ${INTEL_MPI:-0} == 1 ]] && launcher=intel-mpirun
-exec "$PY" -m resnet.launch_plan --launcher "$launcher" "$@"
+exec "$PY" -m resnet.launch.plan --launcher "$launcher" "$@"

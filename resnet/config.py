@@ -2,7 +2,7 @@
 
 Nothing in resnet/ reads absl FLAGS; train_dist.py turns them into a Config and passes it down.
 Values that depend on the number of ranks (global batch, scaled learning rate, steps) live in
-resnet.schedule.Plan, computed once the world size is known.
+resnet.training.schedule.Plan, computed once the world size is known.
 """
 
 import dataclasses
@@ -65,7 +65,7 @@ class Config:
     keep_checkpoints: int = 3
     checkpoint_every_steps: int = 0  # 0: at the end of every epoch only
     hang_timeout: float = 1800  # s without a finished step: a rank froze, exit (0: never)
-    elastic: bool = False  # Horovod Elastic: ranks may die or join (resnet/elastic.py)
+    elastic: bool = False  # Horovod Elastic: ranks may die or join (resnet/training/elastic.py)
     commit_every_steps: int = 10  # with elastic: steps between in-memory commits
     intra_op_threads: int = 0  # 0: from the launch plan ($OMP_NUM_THREADS) or this rank's CPUs
     inter_op_threads: int = 0  # 0: from $TF_NUM_INTEROP_THREADS, else 1
@@ -123,7 +123,7 @@ def _check(c: Config) -> None:
         raise UsageError(f"--freeze_epochs={c.freeze_epochs} is more than --epochs={c.epochs}")
     if c.elastic:
         # Each of these needs a collective before training starts, which elastic mode must not
-        # have (a worker joining later would wait in it forever): see resnet/elastic.py.
+        # have (a worker joining later would wait in it forever): see resnet/training/elastic.py.
         for flag, value, why in (
                 ("freeze_epochs", c.freeze_epochs, "a second optimizer mid-run"),
                 ("download", c.download, "rank 0 downloading while the others wait"),

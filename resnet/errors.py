@@ -1,4 +1,4 @@
-"""The one exception type for bad input: what is wrong and what to do about it.
+"""How a run ends when it does not succeed: each exception beside the exit code it maps to.
 
 Everything a user can get wrong (flags, data, weights, model_dir) raises UsageError with a message
 that names the flag or file. train_dist.py prints it on one line and exits 2; nothing is written
@@ -11,6 +11,19 @@ class UsageError(Exception):
 
 
 EXIT_USAGE = 2  # bad flags or data: fix the input, do not retry
+
+
+class Preempted(RuntimeError):
+    """Stopped by SIGTERM/SIGUSR1 after a checkpoint; the same command resumes."""
+
+
 EXIT_REQUEUE = 3  # checkpointed on SIGTERM/SIGUSR1: resubmit the same command to resume
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or Inf."""
+
+
 EXIT_DIVERGED = 4  # loss became NaN/Inf: the last good checkpoint is kept
-EXIT_HUNG = 5  # no progress for --hang_timeout seconds (a rank froze): run it again
+
+EXIT_HUNG = 5  # no progress for --hang_timeout seconds (a rank froze), or Horovod shut down

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from resnet import topology
+from resnet.launch import topology
 from resnet.config import STAGES
 from resnet.errors import UsageError
 

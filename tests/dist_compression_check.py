@@ -1,4 +1,4 @@
-"""Run under horovodrun: one SGD step through train.make_optimizer on every rank, per
+"""Run under horovodrun: one SGD step through make_optimizer on every rank, per
 --gradient_compression, and rank 0 writes the weight each rank ended with.
 
 Rank r's gradient is 1 + (2r + 1) * 2**-20: float32 holds it and the average of the ranks'
@@ -13,7 +13,7 @@ import horovod.tensorflow as hvd
 import numpy as np
 import tensorflow as tf
 
-from resnet import train
+from resnet.training.optimizer import make_optimizer
 from resnet.config import Config
 
 hvd.init()
@@ -24,7 +24,7 @@ report = {"rank": hvd.rank()}
 for compression in ("none", "fp16"):
     model = tf.keras.Sequential([tf.keras.Input((1,)), tf.keras.layers.Dense(
         1, use_bias=False, kernel_initializer="zeros")])
-    optimizer = train.make_optimizer(Config(gradient_compression=compression), 1.0)
+    optimizer = make_optimizer(Config(gradient_compression=compression), 1.0)
     model.compile(optimizer=optimizer, loss="mse")
     model.fit(x, target, batch_size=1, epochs=1, verbose=0)
     report[compression] = float(model.get_weights()[0][0, 0])

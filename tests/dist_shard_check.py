@@ -9,7 +9,7 @@ import sys
 
 import horovod.tensorflow as hvd
 
-from resnet import sharding
+from resnet.data import sharding
 
 hvd.init()
 n, batch, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

@@ -13,7 +13,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train_dist.py, which r
 
 import tensorflow as tf  # noqa: E402
 
-from resnet import callbacks as cb  # noqa: E402
+from resnet.training import callbacks as cb  # noqa: E402
 
 STALL_AT = 2  # 0-based batch index within epoch 1
 
@@ -27,8 +27,8 @@ class StallForever(tf.keras.callbacks.Callback):
 
 
 if os.environ.get("OMPI_COMM_WORLD_RANK") == "1":
-    chief_callbacks = cb.chief_callbacks
-    cb.chief_callbacks = lambda *a, **k: chief_callbacks(*a, **k) + [StallForever()]
+    fit_callbacks = cb.fit_callbacks
+    cb.fit_callbacks = lambda *a, **k: fit_callbacks(*a, **k) + [StallForever()]
 
 train_dist = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "train_dist.py")

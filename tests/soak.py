@@ -20,7 +20,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]
 
 import cifar_files  # noqa: E402
-from resnet import checkpoints  # noqa: E402
+from resnet.training import checkpoints  # noqa: E402
 
 
 def _cmd(data, model_dir, epochs):

@@ -1,5 +1,5 @@
 """The harness's arithmetic and report, on figures made up here (the runs themselves are the
-harness's job: python -m resnet.bench), and the --train_from benchmark run small."""
+harness's job: python -m benchmarks.harness), and the --train_from benchmark run small."""
 
 import json
 import subprocess
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT, job_env
-from resnet import bench
+from benchmarks import harness as bench
 
 
 def test_windows_skip_the_warm_up_and_leave_no_partial_window():
@@ -53,7 +53,7 @@ def test_markdown_shows_the_ratios_the_targets_are_judged_by():
 
 
 def _freeze_bench(*args):
-    return subprocess.run([sys.executable, "-m", "resnet.bench_freeze", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "benchmarks.freeze", *args], cwd=ROOT,
                           env=job_env(), capture_output=True, text=True, timeout=600)
 
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from resnet import checkpoints
+from resnet.training import checkpoints
 
 
 def _state(epoch, step=0):

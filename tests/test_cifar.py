@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import cifar_files
-from resnet import cifar
+from resnet.data import cifar
 from resnet.errors import UsageError
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import cifar_files
 from conftest import ROOT, job_env
-from resnet import locate
+from resnet.data import locate
 from resnet.errors import UsageError
 
 

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import SHARED_WEIGHTS
-from resnet import model, topology
+from resnet import model
+from resnet.launch import topology
 from resnet.errors import UsageError
 
 

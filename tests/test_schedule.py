@@ -1,7 +1,7 @@
 import pytest
 
 from resnet.config import Config
-from resnet.schedule import Plan, WarmupCosine, learning_rate
+from resnet.training.schedule import Plan, WarmupCosine, learning_rate
 
 
 def test_plan_scales_with_ranks():
@@ -33,7 +33,7 @@ def test_later_phase_continues_the_curve():
 
 
 def test_learning_rate_at_follows_the_step_curve_for_a_fixed_world():
-    from resnet.schedule import learning_rate_at
+    from resnet.training.schedule import learning_rate_at
     config = Config(epochs=2, warmup_epochs=0.5, learning_rate=0.01, weights="none")
     plan = Plan(config, world_size=4, num_train=25600)  # 100 steps per epoch
     steps = learning_rate(plan)
@@ -47,7 +47,7 @@ def test_learning_rate_at_follows_the_step_curve_for_a_fixed_world():
 
 @pytest.mark.parametrize("world_size", [1, 4])
 def test_warmup_from_zero_ramps_at_any_rank_count_and_elastic_follows(world_size):
-    from resnet.schedule import learning_rate_at
+    from resnet.training.schedule import learning_rate_at
     base = Config(epochs=2, warmup_epochs=0.5, learning_rate=0.01, weights="none")
     zero = Config(epochs=2, warmup_epochs=0.5, learning_rate=0.01, weights="none",
                   warmup_from="zero")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from resnet import sharding
+from resnet.data import sharding
 
 
 @pytest.mark.parametrize("n, world, batch", [(100, 1, 8), (100, 2, 8), (101, 4, 8), (129, 2, 64),

@@ -49,7 +49,7 @@ def test_debug_mode_end_to_end_then_predict(tmp_path, image_tar, splits):
     (test_x, _), _ = splits
     Image.fromarray(test_x[0]).save(tmp_path / "a.png")
     Image.fromarray(test_x[1]).resize((100, 80)).save(tmp_path / "b.jpg")
-    out = subprocess.run([sys.executable, "-m", "resnet.predict", f"--model_dir={model_dir}",
+    out = subprocess.run([sys.executable, "predict.py", f"--model_dir={model_dir}",
                           "--top=2", str(tmp_path / "a.png"), str(tmp_path / "b.jpg")], cwd=ROOT,
                          env=job_env(), capture_output=True, text=True, timeout=300, check=True)
     lines = out.stdout.strip().splitlines()
@@ -58,7 +58,7 @@ def test_debug_mode_end_to_end_then_predict(tmp_path, image_tar, splits):
 
 
 def test_predict_refusals(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "resnet.predict", f"--model_dir={tmp_path}",
+    out = subprocess.run([sys.executable, "predict.py", f"--model_dir={tmp_path}",
                           "x.png"], cwd=ROOT, env=job_env(), capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 2 and "no model.keras; train first" in out.stderr

@@ -9,7 +9,7 @@ import pytest
 
 import slurm_cluster
 from conftest import ROOT, job_env
-from resnet import slurm
+from resnet.launch import slurm
 from resnet.errors import UsageError
 
 SCRIPT = os.path.join(ROOT, "launch", "slurm_1node.sbatch")

@@ -6,7 +6,8 @@ import subprocess
 import pytest
 
 from conftest import ROOT, job_env
-from resnet import launch_plan, topology
+from resnet.launch import plan as plan_lib
+from resnet.launch import topology
 from resnet.errors import UsageError
 
 T = topology.Topology
@@ -17,10 +18,10 @@ def _cores(plan):
 
 
 def test_one_socket_two_cores_two_ranks():
-    plan = launch_plan.make(T(1, 2, 1), 2)
+    plan = plan_lib.make(T(1, 2, 1), 2)
     assert (plan.cores_per_rank, plan.intra_op_threads, plan.inter_op_threads) == (1, 1, 1)
     assert _cores(plan) == [(0,), (1,)]
-    assert launch_plan.mpi_map_by(plan) == "ppr:2:socket:pe=1"
+    assert plan_lib.mpi_map_by(plan) == "ppr:2:socket:pe=1"
     assert plan.env == {"OMP_NUM_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
                         "TF_ENABLE_ONEDNN_OPTS": "1", "HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
                         "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600",
@@ -28,56 +29,56 @@ def test_one_socket_two_cores_two_ranks():
 
 
 def test_comm_tunings_yield_to_the_users_environment_the_rest_does_not():
-    plan = launch_plan.make(T(1, 2, 1), 2)
-    env = launch_plan.launch_env(plan.env, {"OMPI_MCA_mpi_yield_when_idle": "0",
+    plan = plan_lib.make(T(1, 2, 1), 2)
+    env = plan_lib.launch_env(plan.env, {"OMPI_MCA_mpi_yield_when_idle": "0",
                                             "OMP_NUM_THREADS": "8", "PATH": "/bin"})
     assert env["OMPI_MCA_mpi_yield_when_idle"] == "0"  # the user's comparison setting
     assert env["OMP_NUM_THREADS"] == "1"  # the plan's threads per rank
     assert env["PATH"] == "/bin"
-    assert launch_plan.launch_env(plan.env, {})["OMPI_MCA_mpi_yield_when_idle"] == "1"
+    assert plan_lib.launch_env(plan.env, {})["OMPI_MCA_mpi_yield_when_idle"] == "1"
 
 
 def test_two_sockets_28_cores_no_ht_one_rank_per_socket():
-    plan = launch_plan.make(T(2, 28, 1), 2)
+    plan = plan_lib.make(T(2, 28, 1), 2)
     assert plan.cores_per_rank == 28
     assert plan.intra_op_threads == 27  # one core left to Horovod's thread and tf.data
     assert plan.inter_op_threads == 2
     assert [s.sockets for s in plan.slots] == [(0,), (1,)]
     assert _cores(plan) == [tuple(range(0, 28)), tuple(range(28, 56))]
-    assert launch_plan.mpi_map_by(plan) == "ppr:1:socket:pe=28"
+    assert plan_lib.mpi_map_by(plan) == "ppr:1:socket:pe=28"
 
 
 def test_two_sockets_28_cores_with_ht():
-    plan = launch_plan.make(T(2, 28, 2), 2, openmp=True)
+    plan = plan_lib.make(T(2, 28, 2), 2, openmp=True)
     assert plan.intra_op_threads == 28  # the sibling hyper-threads host Horovod's thread
     assert plan.cpus_per_rank == 56
     assert plan.env["KMP_AFFINITY"] == "granularity=fine,compact,1,0"
     assert plan.env["KMP_BLOCKTIME"] == "1"
-    no_omp = launch_plan.make(T(2, 28, 2), 2, openmp=False)
+    no_omp = plan_lib.make(T(2, 28, 2), 2, openmp=False)
     assert "KMP_AFFINITY" not in no_omp.env
 
 
 def test_four_ranks_on_two_sockets():
-    plan = launch_plan.make(T(2, 28, 1), 4)
+    plan = plan_lib.make(T(2, 28, 1), 4)
     assert (plan.ranks_per_socket, plan.cores_per_rank, plan.intra_op_threads) == (2, 14, 13)
     assert [s.sockets for s in plan.slots] == [(0,), (0,), (1,), (1,)]
     assert _cores(plan)[3] == tuple(range(42, 56))
-    assert launch_plan.mpi_map_by(plan) == "ppr:2:socket:pe=14"
+    assert plan_lib.mpi_map_by(plan) == "ppr:2:socket:pe=14"
 
 
 def test_one_rank_per_node_on_eight_nodes():
-    plan = launch_plan.make(T(2, 28, 1), 1, nodes=8)
+    plan = plan_lib.make(T(2, 28, 1), 1, nodes=8)
     assert plan.total_ranks == 8
     assert (plan.sockets_per_rank, plan.cores_per_rank) == (2, 56)
     assert (plan.intra_op_threads, plan.inter_op_threads) == (55, 2)
-    assert launch_plan.mpi_map_by(plan) == "ppr:1:node:pe=56"
-    cmd = launch_plan.command(plan, "srun", ["python", "train_dist.py"])
+    assert plan_lib.mpi_map_by(plan) == "ppr:1:node:pe=56"
+    cmd = plan_lib.command(plan, "srun", ["python", "train_dist.py"])
     assert cmd[:7] == ["srun", "--nodes=8", "--ntasks=8", "--ntasks-per-node=1",
                        "--cpus-per-task=56", "--cpu-bind=cores", "--mpi=pmix"]
 
 
 def test_uneven_cores_left_idle_is_stated():
-    plan = launch_plan.make(T(1, 10, 1), 3)
+    plan = plan_lib.make(T(1, 10, 1), 3)
     assert plan.cores_per_rank == 3
     assert any("1 core(s) per socket left idle" in n for n in plan.notes)
 
@@ -90,7 +91,7 @@ def test_uneven_cores_left_idle_is_stated():
 ])
 def test_refusals(topo, ranks, message):
     with pytest.raises(UsageError, match=message):
-        launch_plan.make(topo, ranks)
+        plan_lib.make(topo, ranks)
 
 
 def test_zero_threads_or_cores_refused():
@@ -132,21 +133,23 @@ def test_scripts_refuse_bad_plans_and_show_usage():
     out = _run("mpirun.sh", "--dry_run", "--sockets", "2", "--cores_per_socket", "4",
                "--ranks_per_node", "9")
     assert out.returncode == 2 and "more ranks than cores" in out.stderr
-    out = _run("horovodrun.sh", "--help")
-    assert out.returncode == 0 and "Usage: launch/horovodrun.sh" in out.stdout
+    for script in ("horovodrun.sh", "mpirun.sh", "discover_hosts.sh"):
+        out = _run(script, "--help")
+        assert out.returncode == 0 and f"Usage: launch/{script}" in out.stdout.replace(
+            "ELASTIC_HOSTS_FILE=hosts.txt ", ""), out.stdout
 
 
 def test_intel_mpi_and_srun_commands():
-    plan = launch_plan.make(T(2, 28, 2), 2, nodes=2)
-    cmd = launch_plan.command(plan, "intel-mpirun", ["python", "t.py"], hosts="a,b")
+    plan = plan_lib.make(T(2, 28, 2), 2, nodes=2)
+    cmd = plan_lib.command(plan, "intel-mpirun", ["python", "t.py"], hosts="a,b")
     assert cmd[:8] == ["mpirun", "-n", "4", "-ppn", "2", "-genv", "I_MPI_PIN_DOMAIN", "56:compact"]
     assert ["-genv", "OMP_NUM_THREADS", "28"] == cmd[cmd.index("OMP_NUM_THREADS") - 1:
                                                      cmd.index("OMP_NUM_THREADS") + 2]
     assert "-hosts" in cmd and cmd[-2:] == ["python", "t.py"]
-    cmd = launch_plan.command(plan, "srun", ["python", "t.py"], mpi="pmi2")
+    cmd = plan_lib.command(plan, "srun", ["python", "t.py"], mpi="pmi2")
     assert "--cpus-per-task=56" in cmd and "--mpi=pmi2" in cmd
     with pytest.raises(UsageError, match="--launcher=ssh"):
-        launch_plan.command(plan, "ssh", ["python"])
+        plan_lib.command(plan, "ssh", ["python"])
 
 
 def test_half_a_stated_topology_is_refused():
@@ -190,8 +193,8 @@ def test_elastic_dry_run_and_refusals(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "discover_hosts.sh --network-interfaces lo " in out.stdout
     with pytest.raises(UsageError, match="elastic mode needs horovodrun"):
-        launch_plan.command(launch_plan.make(T(1, 2, 1), 1), "mpirun", ["python"],
-                            elastic=launch_plan.Elastic(2, 1, 2, str(hosts)))
+        plan_lib.command(plan_lib.make(T(1, 2, 1), 1), "mpirun", ["python"],
+                            elastic=plan_lib.Elastic(2, 1, 2, str(hosts)))
 
 
 def test_discovery_script_reads_the_hosts_file(tmp_path):
@@ -199,18 +202,18 @@ def test_discovery_script_reads_the_hosts_file(tmp_path):
     hosts.write_text("node1:4  # a comment\n\nnode2\n")
     script = os.path.join(ROOT, "launch", "discover_hosts.sh")
     env = job_env(ELASTIC_HOSTS_FILE=str(hosts), ELASTIC_SLOTS="2")
-    out = subprocess.run([script], env=env, capture_output=True, text=True)
+    out = subprocess.run([script], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["node1:4", "node2:2"]
     # Edited while the job runs: the next call sees the change.
     hosts.write_text("node2:2\n")
-    out = subprocess.run([script], env=env, capture_output=True, text=True)
+    out = subprocess.run([script], env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["node2:2"]
     for text, message in [("node1:0\n", "hosts.txt:1: 'node1:0' is not host or host:slots"),
                           ("ok\nnode 3\n", "hosts.txt:2: 'node 3'")]:
         hosts.write_text(text)
-        out = subprocess.run([script], env=env, capture_output=True, text=True)
+        out = subprocess.run([script], env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and message in out.stderr, out.stderr
     out = subprocess.run([script], env=job_env(ELASTIC_HOSTS_FILE=""), capture_output=True,
-                         text=True)
+                         text=True, timeout=60)
     assert out.returncode == 2 and "$ELASTIC_HOSTS_FILE is not set" in out.stderr

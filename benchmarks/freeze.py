@@ -1,9 +1,9 @@
 """What --train_from buys: training images/s with the first ResNet50 stages frozen.
 
-  .venv/bin/python -m resnet.bench_freeze    # 96 px, batch 64: over 13 minutes on 2 cores
-  .venv/bin/python -m resnet.bench_freeze --image_size=128 --batch_size=32
-  .venv/bin/python -m resnet.bench_freeze --image_size=96,112,128 --stages=conv4   # sizes
-  .venv/bin/python -m resnet.bench_freeze --stages=conv4 --precision=fp32,bf16     # precisions
+  .venv/bin/python -m benchmarks.freeze    # 96 px, batch 64: over 13 minutes on 2 cores
+  .venv/bin/python -m benchmarks.freeze --image_size=128 --batch_size=32
+  .venv/bin/python -m benchmarks.freeze --image_size=96,112,128 --stages=conv4   # sizes
+  .venv/bin/python -m benchmarks.freeze --stages=conv4 --precision=fp32,bf16     # precisions
 
 One process builds one model per setting, an image size, a --train_from stage and a precision
 (resnet.model, set_trainable as train_dist.py does, oneDNN on, the rank's threads as
@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from resnet import model as model_lib  # noqa: E402
-from resnet import runtime  # noqa: E402
-from resnet.bench_baseline import StepTimer  # noqa: E402
+from resnet.runtime import threads  # noqa: E402
+from benchmarks.baseline import StepTimer  # noqa: E402
 from resnet.config import PRECISIONS, STAGES  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +71,7 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out", "freeze.json"))
     a = p.parse_args()
-    intra, inter = runtime.thread_counts()
+    intra, inter = threads.thread_counts()
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter)
 

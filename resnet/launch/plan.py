@@ -1,7 +1,7 @@
 """Launch plans: how many ranks go where, on which cores, with how many threads, and the command.
 
 Pure arithmetic over a Topology, so it is tested for machines we are not on. The shell scripts in
-launch/ only call `python -m resnet.launch_plan ...`, which prints the plan and execs the command
+launch/ only call `python -m resnet.launch.plan ...`, which prints the plan and execs the command
 (or with --dry_run, prints it and stops).
 
 Why the numbers are what they are (Intel's TensorFlow/Horovod CPU recipes, and measurement):
@@ -30,9 +30,11 @@ import shlex
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from resnet import discovery
-from resnet import topology as topo
+from resnet.launch import discovery
+from resnet.launch import topology as topo
 from resnet.errors import EXIT_USAGE, UsageError
+from resnet.launch import CHECKOUT
+from resnet.runtime.threads import inter_op_threads
 
 LAUNCHERS = ("horovodrun", "mpirun", "srun", "intel-mpirun")
 SPARE_CORE_FROM = 8  # cores per rank from which one is left to Horovod and tf.data (no HT)
@@ -168,11 +170,6 @@ def mpi_map_by(plan: Plan) -> str:
     return f"ppr:{plan.ranks_per_node}:node:pe={plan.cores_per_rank}"
 
 
-def inter_op_threads(cores: int, sockets: int = 1) -> int:
-    """TensorFlow inter-op threads for a rank with `cores` physical cores (see the top)."""
-    return max(2, sockets) if cores >= 2 else 1
-
-
 def open_mpi(ranks: int, map_by: str, env_keys, extra: Sequence[str] = ()) -> List[str]:
     """Open MPI's mpirun up to the program: ranks bound to cores, `env_keys` passed on."""
     cmd = ["mpirun", "-np", str(ranks), "--map-by", map_by, "--bind-to", "core"] + list(extra)
@@ -239,7 +236,7 @@ def command(plan: Plan, launcher: str, program: Sequence[str], hosts: Optional[s
         if launcher != "horovodrun":
             raise UsageError(f"elastic mode needs horovodrun, not {launcher}")
         elastic.check()
-        script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        script = os.path.join(CHECKOUT,
                               "launch", "discover_hosts.sh")
         # Gloo, not MPI (Horovod Elastic needs it), so no --bind-to: threads come from the env.
         nics = (["--network-interfaces", elastic.network_interfaces]
@@ -294,7 +291,7 @@ def describe(plan: Plan) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m resnet.launch_plan",
+        prog="python -m resnet.launch.plan",
         description="Plan ranks, cores and threads for this node (or a stated one) and launch "
                     "train_dist.py. Everything after -- goes to train_dist.py.")
     p.add_argument("--launcher", choices=LAUNCHERS, default="horovodrun")
@@ -343,7 +340,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Elastic: -np counts ranks over all hosts; the thread plan is for one host's ranks.
         per_node = elastic.slots_per_host() if elastic else args.ranks_per_node or t.sockets
         plan = make(t, per_node, args.nodes, openmp=openmp_runtime_present())
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = CHECKOUT
         program = (shlex.split(args.program) if args.program else
                    [sys.executable, os.path.join(root, "train_dist.py")]) + train_args
         cmd = command(plan, args.launcher, program, args.hosts, args.hostfile, args.mpi, elastic)

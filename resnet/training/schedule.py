@@ -11,7 +11,7 @@ import math
 
 import tensorflow as tf
 
-from resnet import sharding
+from resnet.data import sharding
 from resnet.config import Config
 
 

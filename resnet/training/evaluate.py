@@ -9,8 +9,9 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from resnet import pipeline, sharding
-from resnet.cifar import Split
+from resnet.data import pipeline
+from resnet.data import sharding
+from resnet.data.cifar import Split
 
 
 def evaluate(model: tf.keras.Model, split: Split, rank: int, world_size: int, batch_size: int,

@@ -1,7 +1,7 @@
 """The baseline the harness compares against: plain single-process Keras model.fit, written the way
 a user would write it, with the same model, batch and precision as train_dist.py.
 
-  python -m resnet.bench_baseline --image_size=32 --precision=fp32 --batch_size=64 --steps=15
+  python -m benchmarks.baseline --image_size=32 --precision=fp32 --batch_size=64 --steps=15
 
 Prints one JSON line: the seconds of every training step (the first ones included; the harness
 drops the warm-up).

@@ -1,10 +1,10 @@
 """Where train_dist.py's time goes against plain Keras: one measured step at a time.
 
-  .venv/bin/python -m resnet.bench_gap             # about 12 minutes on 2 cores
-  .venv/bin/python -m resnet.bench_gap --inter_op  # train_dist.py, 1 against 2 inter-op threads
-  .venv/bin/python -m resnet.bench_gap --scaling   # 2 ranks x 1 core settings (SCALING below)
+  .venv/bin/python -m benchmarks.gap             # about 12 minutes on 2 cores
+  .venv/bin/python -m benchmarks.gap --inter_op  # train_dist.py, 1 against 2 inter-op threads
+  .venv/bin/python -m benchmarks.gap --scaling   # 2 ranks x 1 core settings (SCALING below)
 
-Starts from the harness's plain Keras model.fit (resnet.bench_baseline, oneDNN on) and adds what
+Starts from the harness's plain Keras model.fit (benchmarks.baseline, oneDNN on) and adds what
 train_dist.py does differently, one thing per row, each row in its own process with everything of
 the rows above it, all at 32 px, batch 64, fp32, 2 threads, synthetic data:
 
@@ -12,12 +12,12 @@ the rows above it, all at 32 px, batch 64, fp32, 2 threads, synthetic data:
   model      resnet.model.build: uint8 input, caffe preprocessing as a frozen 1x1 conv, zero head
   loss       one-hot labels, label-smoothing-ready CategoricalCrossentropy, sample weights and
              weighted metrics (what the padded shards need)
-  pipeline   resnet.pipeline.train_dataset: tf.data with stateless crop + flip, prefetch
+  pipeline   resnet.data.pipeline.train_dataset: tf.data with stateless crop + flip, prefetch
   horovod    hvd.init() and hvd.DistributedOptimizer at 1 rank (train_dist.py leaves the wrapper
              out at 1 rank, where it has nothing to average; this row says what that saves)
   guards     train_dist.py's NaN check, signal flag, watchdog and Horovod's metric average
   logging    train_dist.py's throughput, progress lines and TensorBoard
-  threads    train_dist.py's thread pools (resnet.runtime.thread_counts: intra-op = the rank's
+  threads    train_dist.py's thread pools (resnet.runtime.threads.thread_counts: intra-op = the rank's
              CPUs, inter-op = 2 for 2+ CPUs) instead of TensorFlow's defaults
 
 Prints a table of images/s (median, min-max of 3-step windows pooled over --rounds rounds) and
@@ -42,15 +42,16 @@ def _measure(row: str) -> list:
     import numpy as np
     import tensorflow as tf
 
-    from resnet import callbacks as cb
+    from resnet.training import callbacks as cb
     from resnet import model as model_lib
-    from resnet import pipeline, sharding
-    from resnet.bench_baseline import StepTimer
-    from resnet.watchdog import Watchdog
+    from resnet.data import pipeline
+    from resnet.data import sharding
+    from benchmarks.baseline import StepTimer
+    from resnet.training.watchdog import Watchdog
     upto = ROWS.index(row)
     if upto >= ROWS.index("threads"):
-        from resnet import runtime
-        intra, inter = runtime.thread_counts()
+        from resnet.runtime import threads
+        intra, inter = threads.thread_counts()
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)
     n = BATCH * STEPS
@@ -109,7 +110,7 @@ def compare_inter_op(rounds: int = 2) -> dict:
     alternating (1, 2, 2, 1, ...): images/s of each, windows pooled over the rounds."""
     import tempfile
 
-    from resnet import bench
+    from benchmarks import harness as bench
     rates = {1: [], 2: []}
     for round_ in range(rounds):
         for inter in ((1, 2) if round_ % 2 == 0 else (2, 1)):
@@ -144,16 +145,16 @@ SCALING = (
     # core per rank it shares that core with the training threads.
     ("+ HOROVOD_CYCLE_TIME=10 (ms)", 2, (), dict(SPIN, HOROVOD_CYCLE_TIME="10"), (), 1),
     ("+ 2 inter-op threads per rank", 2, ("--inter_op_threads=2",), SPIN, (), 1),
-    # The launch plans' setting (resnet.launch_plan.COMM_ENV): Open MPI yields the core while
+    # The launch plans' setting (resnet.launch.plan.COMM_ENV): Open MPI yields the core while
     # it waits for the other rank.
     ("2 ranks x 1 core as launched (Open MPI yields)", 2, (), {}, (), 1),
 )
 
 
 def compare_scaling(rounds: int = 2) -> dict:
-    """Each SCALING row through resnet.bench.train_dist (the harness's own runs), in forward then
+    """Each SCALING row through benchmarks.harness.train_dist (the harness's own runs), in forward then
     reverse order per round; images/s windows pooled over the rounds."""
-    from resnet import bench
+    from benchmarks import harness as bench
     rates = {row[0]: [] for row in SCALING}
     commands = {}
     for round_ in range(rounds):
@@ -171,7 +172,7 @@ def compare_scaling(rounds: int = 2) -> dict:
 
 
 def main():
-    p = argparse.ArgumentParser(prog="python -m resnet.bench_gap")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gap")
     p.add_argument("--row", choices=ROWS, help="(internal) measure one row in this process")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--inter_op", action="store_true",
@@ -200,7 +201,7 @@ def main():
             print(f"{key}: {r['median']:.1f} images/s ({r['min']:.1f}-{r['max']:.1f}), "
                   f"{len(r['windows'])} windows")
         return
-    from resnet import bench
+    from benchmarks import harness as bench
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, TF_ENABLE_ONEDNN_OPTS="1",
                OMP_NUM_THREADS=str(len(os.sched_getaffinity(0))))
     # The machine drifts by tens of percent over minutes: every row runs once per round, in
@@ -208,7 +209,7 @@ def main():
     rates = {row: [] for row in ROWS}
     for round_ in range(a.rounds):
         for row in (ROWS if round_ % 2 == 0 else ROWS[::-1]):
-            out = subprocess.run([sys.executable, "-m", "resnet.bench_gap", "--row", row],
+            out = subprocess.run([sys.executable, "-m", "benchmarks.gap", "--row", row],
                                  cwd=ROOT, env=env, capture_output=True, text=True, check=True)
             seconds = json.loads(out.stdout.strip().splitlines()[-1])
             rates[row] += bench.windows(seconds, BATCH)

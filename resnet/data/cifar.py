@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from resnet import safe_pickle
+from resnet.data import safe_pickle
 from resnet.errors import UsageError
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",

@@ -1,6 +1,6 @@
 """Inside a Slurm allocation: the launch command from Slurm's variables, and requeue on pre-emption.
 
-launch/slurm_*.sbatch exec `python -m resnet.slurm MODEL_DIR [train_dist.py flags]`, which
+launch/slurm_*.sbatch exec `python -m resnet.launch.slurm MODEL_DIR [train_dist.py flags]`, which
   1. reads the allocation (SLURM_JOB_ID, SLURM_NNODES, SLURM_NTASKS_PER_NODE, SLURM_CPUS_PER_TASK),
   2. sets each rank's threads to its own physical cores (the launch plan's rules),
   3. runs srun (PMIx or PMI2) or mpirun over the allocation, ranks bound to cores,
@@ -17,7 +17,9 @@ import sys
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 from resnet.errors import EXIT_REQUEUE, EXIT_USAGE, UsageError
-from resnet.launch_plan import COMM_ENV, STALL_ENV, inter_op_threads, launch_env, open_mpi
+from resnet.launch import CHECKOUT
+from resnet.launch.plan import COMM_ENV, STALL_ENV, launch_env, open_mpi
+from resnet.runtime.threads import inter_op_threads
 
 LAUNCHERS = ("srun", "mpirun")
 
@@ -69,14 +71,14 @@ def requeue(job_id: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m resnet.slurm",
+    p = argparse.ArgumentParser(prog="python -m resnet.launch.slurm",
                                 description="Launch train_dist.py over this Slurm allocation.")
     p.add_argument("model_dir")
     p.add_argument("--launcher", choices=LAUNCHERS, default=os.environ.get("LAUNCHER", "srun"))
     p.add_argument("--mpi", default=os.environ.get("SLURM_MPI", "pmix"))
     p.add_argument("--dry_run", action="store_true")
     args, train_args = p.parse_known_args(argv)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = CHECKOUT
     try:
         cmd, extra = plan(os.environ, os.path.abspath(args.model_dir), train_args, args.launcher,
                           sys.executable, os.path.join(root, "train_dist.py"), args.mpi)

@@ -1,7 +1,8 @@
 """--elastic: training that carries on when ranks die or join (Horovod Elastic).
 
 Launched by horovodrun with --min-np/--max-np and a host discovery script
-(launch/horovodrun.sh --min-np 2 --max-np 4; README "When things go wrong"). Against resnet.train:
+(launch/horovodrun.sh --min-np 2 --max-np 4; README "When things go wrong"). Against fixed-size
+training (fixed.py):
 
 - Nothing collective runs before hvd.elastic.run: a worker that joins later executes this module
   from the top while the others wait inside run() for it, so a broadcast or allgather outside it
@@ -27,11 +28,14 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from resnet import callbacks as cb
-from resnet import checkpoints, cifar, pipeline, report, runtime, sharding, train
 from resnet import model as model_lib
 from resnet.config import Config
-from resnet.schedule import learning_rate_at
+from resnet.data import cifar, pipeline, sharding, source
+from resnet.runtime import world as runtime
+from resnet.training import callbacks as cb
+from resnet.training import checkpoints, epoch, results
+from resnet.training.optimizer import compile_model, trackables
+from resnet.training.schedule import learning_rate_at
 
 
 def _broadcast_json(value):
@@ -144,8 +148,7 @@ def _resume(config: Config, model, optimizer) -> dict:
     if st.phase != "full":
         logging.warning("%s was written in the head-only phase; its optimizer is not reused",
                         path)
-    checkpoints.restore(path, train.trackables(model, optimizer if st.phase == "full" else None,
-                                               "full"))
+    checkpoints.restore(path, trackables(model, optimizer if st.phase == "full" else None))
     done = st.examples_done
     if st.step and not done:  # written before examples_done existed: redo that epoch
         logging.warning("%s has no examples_done; epoch %d restarts from its beginning", path,
@@ -157,15 +160,15 @@ def _resume(config: Config, model, optimizer) -> dict:
 def run(config: Config) -> dict:
     import horovod.tensorflow.keras as hvd
     first = runtime.start(config.intra_op_threads, config.inter_op_threads)
-    train.check_model_dir(config.model_dir)  # every rank on its own: no collective here
+    results.check_model_dir(config.model_dir)  # every rank on its own: no collective here
     model_lib.set_precision(config.precision, warn=first.is_chief)
     class_names = cifar.CLASS_NAMES
-    train_split, test_split = train.load_data(config, first)
+    train_split, test_split = source.load(config, first)
     n = len(train_split)
     model = model_lib.build(len(class_names), config.image_size, config.weights, config.seed,
                             config.batchnorm, config.bn_momentum)
     # The rate is a variable that _Steps sets before every step.
-    optimizer = train.compile_model(model, config, config.learning_rate)
+    optimizer = compile_model(model, config, config.learning_rate)
     # Only rank 0's fields count: run() broadcasts them before the first step.
     fields = _resume(config, model, optimizer) if first.is_chief else _start_fields()
     state = _state_class()(model, optimizer, **fields)
@@ -176,51 +179,33 @@ def run(config: Config) -> dict:
     @_as_horovod_error
     def loop(state):
         world = runtime.current(first)
-        if world.is_chief:
-            logging.info("elastic: %d rank(s), global batch %d; at epoch %d, %d of %d examples "
-                         "done", world.size, config.batch_size * world.size, state.epoch + 1,
-                         state.done, n)
+        runtime.quiet_unless_chief(world)  # rank 0 may be another process after a re-form
+        logging.info("elastic: %d rank(s), global batch %d; at epoch %d, %d of %d examples done",
+                     world.size, config.batch_size * world.size, state.epoch + 1, state.done, n)
         test_metrics = None
         while state.epoch < config.epochs:
             if state.done < n:
                 state.train_logs = _fit_rest_of_epoch(state, config, world, model, train_split)
                 state.commit()  # the epoch's training is safe; a failure now only re-evaluates
-            test_metrics = train.evaluate_test(model, test_split, world, config, class_names)
-            record = {"epoch": state.epoch + 1, "phase": "full", "world_size": world.size,
-                      "train_loss": state.train_logs.get("loss"),
-                      "train_accuracy": state.train_logs.get("accuracy"),
-                      "test_loss": test_metrics["test_loss"],
-                      "test_accuracy": test_metrics["test_accuracy"]}
-            state.history.append(record)
+            test_metrics = epoch.finish(model, test_split, world, config, class_names,
+                                        state.history, state.epoch, "full", state.train_logs,
+                                        world_size=world.size)
             state.epoch, state.done, state.train_logs = state.epoch + 1, 0, {}
-            if world.is_chief:
-                logging.info("epoch %d/%d done on %d rank(s): test accuracy %.4f",
-                             state.epoch, config.epochs, world.size, record["test_accuracy"])
-                st = checkpoints.State(epoch=state.epoch, step=0, phase="full",
-                                       config=config.to_dict(), history=state.history)
-                checkpoints.save(config.model_dir, train.trackables(model, optimizer, "full"),
-                                 st, config.keep_checkpoints)
+            epoch.save_checkpoint(config, world, trackables(model, optimizer), epoch=state.epoch,
+                                  step=0, phase="full", history=state.history)
             state.commit()
         if test_metrics is None:  # resumed after the last epoch: evaluate what we hold
-            test_metrics = train.evaluate_test(model, test_split, world, config, class_names)
+            test_metrics = epoch.evaluate_test(model, test_split, world, config, class_names)
         result.update(world=world, test_metrics=test_metrics)
 
     loop(state)
-    world, test_metrics = result["world"], result["test_metrics"]
-    metrics = train.metrics_dict(config, world, test_metrics, state.history, {
+    return results.finish(config, result["world"], model, result["test_metrics"], state.history, {
         "train_minutes": (time.time() - started) / 60, "num_train_examples": n,
-        "mode": "elastic", "images_per_second": None})
-    if world.is_chief:
-        train.chief_save_model(config, model, class_names)
-        path = report.write(config.model_dir, metrics, class_names)
-        logging.info("test accuracy %.4f on %d images on %d rank(s); wrote %s",
-                     metrics["test_accuracy"], metrics["test_examples"], world.size, path)
-    return metrics
+        "mode": "elastic", "images_per_second": None}, class_names)
 
 
 def _fit_rest_of_epoch(state, config: Config, world: runtime.World, model, train_split) -> dict:
     """Train on the examples of epoch `state.epoch` not yet done, dealt to the ranks there are."""
-    import horovod.tensorflow.keras as hvd
     n = len(train_split)
     shard = sharding.train_shard(n, config.seed, state.epoch, world.rank, world.size,
                                  config.batch_size, start=state.done)
@@ -229,13 +214,8 @@ def _fit_rest_of_epoch(state, config: Config, world: runtime.World, model, train
     global_batch = config.batch_size * world.size
     progress = cb.ProgressLog(config.log_every_steps, steps, config.epochs, global_batch,
                               lambda: state.epoch, lambda: 0)
-    callbacks = [
-        _Steps(state, config, n, world.size),
-        # Horovod: average the epoch's metrics over ranks, before anything logs them.
-        hvd.callbacks.MetricAverageCallback(),
-        cb.StopOnNonFinite(lambda: state.epoch),
-    ] + ([progress] if world.is_chief else [])
+    callbacks = cb.fit_callbacks(world, lambda: state.epoch, chief=[progress],
+                                 first=[_Steps(state, config, n, world.size)])
     fit = model.fit(ds, epochs=state.epoch + 1, initial_epoch=state.epoch, steps_per_epoch=steps,
                     verbose=0, callbacks=callbacks)
     return {k: float(v[-1]) for k, v in fit.history.items()}
-

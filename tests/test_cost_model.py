@@ -2,7 +2,7 @@
 
 import pytest
 
-from resnet import scaling
+from resnet.launch import cost_model as scaling
 
 
 def test_gradient_bytes():

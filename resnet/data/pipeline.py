@@ -9,8 +9,8 @@ often it is re-run: a resumed run sees exactly the data an uninterrupted one wou
 import numpy as np
 import tensorflow as tf
 
-from resnet import sharding
-from resnet.cifar import Split
+from resnet.data import sharding
+from resnet.data.cifar import Split
 
 PAD = 4  # pixels of zero padding before the random 32x32 crop (the usual CIFAR recipe)
 

@@ -1,6 +1,6 @@
 """A cost model for many nodes: what the 2 cores here cannot show.
 
-  python -m resnet.scaling --step_seconds=0.8 --images_per_step=64
+  python -m resnet.launch.cost_model --step_seconds=0.8 --images_per_step=64
 
 Per step, every node computes for `step_seconds` (measured), then the gradients are allreduced over
 a ring of N nodes (Horovod's algorithm across nodes): each node sends and receives
@@ -55,7 +55,7 @@ def table(step_seconds: float, images_per_step: int, nodes=(2, 4, 8, 16, 32, 64)
 
 
 def main():
-    p = argparse.ArgumentParser(prog="python -m resnet.scaling", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m resnet.launch.cost_model", description=__doc__.split("\n")[0])
     p.add_argument("--step_seconds", type=float, required=True,
                    help="measured compute time of one step on one node")
     p.add_argument("--images_per_step", type=int, required=True, help="per node")

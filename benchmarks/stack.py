@@ -1,13 +1,13 @@
 """Two checkouts of this project, each with its own .venv (e.g. the old and the new TensorFlow),
 timed against each other in one interleaved run: train_dist.py at 1 rank and plain Keras (with
-oneDNN on) on synthetic data, measured by each checkout's own harness (resnet.bench), the order
+oneDNN on) on synthetic data, measured by each checkout's own harness (benchmarks.harness), the order
 of the checkouts reversed every round so that the machine's drift falls on both.
 
-  .venv/bin/python tools/bench_stack.py OLD_CHECKOUT NEW_CHECKOUT [--sizes=32,64] [--rounds=2]
+  .venv/bin/python -m benchmarks.stack OLD_CHECKOUT NEW_CHECKOUT [--sizes=32,64] [--rounds=2]
 
   # the TF 2.15 checkout beside this one, set up by its own tools/setup.sh:
   git worktree add /tmp/tf215 3da17ca && /tmp/tf215/tools/setup.sh
-  .venv/bin/python tools/bench_stack.py /tmp/tf215 .
+  .venv/bin/python -m benchmarks.stack /tmp/tf215 .
 
 Prints a markdown table (images/s, median of each setting's pooled windows) and writes
 bench_out/stack.json.
@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 
-BATCH = {32: 64, 64: 32, 128: 16}  # resnet.bench's batch per size
+BATCH = {32: 64, 64: 32, 128: 16}  # benchmarks.harness's batch per size
 STEPS = 12
 MEASURE = {
     "train_dist": "b.train_dist({size}, 'fp32', {batch}, {steps})",
@@ -29,7 +29,10 @@ MEASURE = {
 
 
 def measure(checkout, what, size):
-    code = ("import json, resnet.bench as b; print(json.dumps("
+    # The harness moved from resnet/bench.py to benchmarks/harness.py; an older checkout has the
+    # first.
+    code = ("try:\n import benchmarks.harness as b\nexcept ImportError:\n import resnet.bench as b\n"
+            "import json; print(json.dumps("
             + MEASURE[what].format(size=size, batch=BATCH[size], steps=STEPS) + "))")
     out = subprocess.run([os.path.join(checkout, ".venv", "bin", "python"), "-c", code],
                          cwd=checkout, capture_output=True, text=True, check=True, timeout=900)

@@ -1,10 +1,10 @@
 """The benchmark harness: every speed figure in BENCHMARKS.md comes from one run of this.
 
-  .venv/bin/python -m resnet.bench            # 4.6 minutes on 2 Zen 4 cores (13 on AVX2)
-  .venv/bin/python -m resnet.bench --quick    # fewer steps and sizes, for a smoke run
+  .venv/bin/python -m benchmarks.harness            # 4.6 minutes on 2 Zen 4 cores (13 on AVX2)
+  .venv/bin/python -m benchmarks.harness --quick    # fewer steps and sizes, for a smoke run
 
 In ONE run, on the same machine and synthetic data (so the disk is out of the picture):
-  1. train_dist.py with 1 rank against plain single-process Keras model.fit (resnet.bench_baseline),
+  1. train_dist.py with 1 rank against plain single-process Keras model.fit (benchmarks.baseline),
      same model, batch and precision;
   2. float32 against bf16 (Keras mixed_bfloat16) at 32, 64 and 128 pixels;
   3. 1 rank x all cores against all ranks x 1 core each (through the launch plan);
@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from resnet import topology
+from resnet.launch import topology
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WARMUP = 3
@@ -80,7 +80,7 @@ def pool(first: dict, second: dict) -> dict:
 
 def plain_keras(image_size, precision, batch, steps, onednn=None):
     """A user's model.fit; onednn=None leaves TF_ENABLE_ONEDNN_OPTS as TensorFlow defaults it."""
-    cmd = [sys.executable, "-m", "resnet.bench_baseline", f"--image_size={image_size}",
+    cmd = [sys.executable, "-m", "benchmarks.baseline", f"--image_size={image_size}",
            f"--precision={precision}", f"--batch_size={batch}", f"--steps={steps}"]
     shown = ("TF_ENABLE_ONEDNN_OPTS=1 " if onednn else "") + "python " + " ".join(cmd[1:])
     out = _run(cmd, _env(onednn=onednn))
@@ -119,7 +119,9 @@ def input_pipeline(data_path, batch, ranks, batches=60):
     """Per rank: decode the real JPEG tree from disk, then augment and batch with tf.data."""
     code = f"""
 import json, time
-from resnet import cifar, pipeline, sharding
+from resnet.data import cifar
+from resnet.data import pipeline
+from resnet.data import sharding
 t = time.perf_counter()
 data = cifar.load({data_path!r}, max_train=10000, max_test=1)
 decode = len(data.train) / (time.perf_counter() - t)
@@ -227,7 +229,7 @@ def _onednn_note(flags) -> str:
 def markdown(r: dict) -> str:
     m = r["machine"]
     lines = [START, "",
-             f"Measured {m['date']} by `.venv/bin/python -m resnet.bench` on: {m['cpu']}, "
+             f"Measured {m['date']} by `.venv/bin/python -m benchmarks.harness` on: {m['cpu']}, "
              f"{m['logical_cpus']} logical CPUs, flags {' '.join(m['flags']) or 'none of note'}; "
              f"Python {m['python']}, TensorFlow {m['tensorflow']}, Horovod {m['horovod']}. "
              f"Images/s, median (min-max) of {WINDOW}-step windows after {WARMUP} warm-up steps, "
@@ -284,7 +286,7 @@ def write_markdown(r: dict, path: str) -> None:
 
 
 def main():
-    p = argparse.ArgumentParser(prog="python -m resnet.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.harness", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--data", default=os.path.join(os.path.dirname(ROOT), "shared", "data",
                                                   "cifar-10-images.tar.gz"))

@@ -1,18 +1,17 @@
-"""Keras callbacks: progress lines, throughput, divergence, mid-epoch checkpoints.
+"""Keras callbacks: progress lines, throughput, divergence, mid-epoch checkpoints, signals.
 
-chief_callbacks() is the one place that decides what only rank 0 does during fit.
+fit_callbacks() assembles them for both training loops and decides what only rank 0 runs.
 """
 
 import math
+import os
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import tensorflow as tf
 from absl import logging
 
-
-class Diverged(RuntimeError):
-    """The loss became NaN or Inf."""
+from resnet.errors import Diverged
 
 
 class StopOnNonFinite(tf.keras.callbacks.Callback):
@@ -108,20 +107,22 @@ class StepCheckpoint(tf.keras.callbacks.Callback):
             self._save(step)
 
 
-def chief_callbacks(is_chief: bool, progress: ProgressLog, throughput: Throughput,
-                    tensorboard_dir: str, step_checkpoint: Optional[StepCheckpoint]) -> List:
-    """What only rank 0 runs during fit: logging, TensorBoard, timing and step checkpoints."""
-    if not is_chief:
-        return []
-    cbs: List = [throughput, progress,
-                 tf.keras.callbacks.TensorBoard(tensorboard_dir, profile_batch=0)]
-    if step_checkpoint is not None:
-        cbs.append(step_checkpoint)
-    return cbs
+def tensorboard(model_dir: str) -> tf.keras.callbacks.Callback:
+    return tf.keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), profile_batch=0)
 
 
-class Preempted(RuntimeError):
-    """Stopped by SIGTERM/SIGUSR1 after a checkpoint; the same command resumes."""
+def fit_callbacks(world, epoch: Callable[[], int], every_rank: Sequence = (),
+                  chief: Sequence = (), first: Sequence = ()) -> List:
+    """The callbacks of one fit, for both training loops, in the order that matters: `first`,
+    then Horovod's metric average (before anything reads the epoch's metrics), the divergence
+    check, `every_rank`, and on rank 0 alone `chief` (logging, TensorBoard, timing, step
+    checkpoints: the one place that decides what only rank 0 does during fit)."""
+    import horovod.tensorflow.keras as hvd
+    return [*first,
+            # Horovod: average the epoch's metrics over ranks, before anything logs them.
+            hvd.callbacks.MetricAverageCallback(),
+            StopOnNonFinite(epoch),
+            *every_rank] + (list(chief) if world.is_chief else [])
 
 
 class StopOnSignal(tf.keras.callbacks.Callback):

@@ -1,0 +1,37 @@
+"""--eval_only: the test metrics of the newest checkpoint, on any number of ranks."""
+
+from absl import logging
+
+from resnet import config as config_lib
+from resnet import model as model_lib
+from resnet.config import Config
+from resnet.errors import UsageError
+from resnet.training import checkpoints, epoch
+from resnet.training.optimizer import broadcast, trackables
+
+
+def trained_size(state: checkpoints.State) -> int:
+    """The image size of the last epoch a checkpoint trained (progressive resizing changes it)."""
+    last = state.epoch if state.step else state.epoch - 1
+    return config_lib.image_size_at(state.config, last)
+
+
+def run(config: Config, world, test, resume, class_names) -> tuple:
+    """(test metrics, what metrics.json adds, history) of checkpoint `resume`."""
+    if resume is None:
+        raise UsageError(f"--eval_only: no checkpoint in {checkpoints.directory(config.model_dir)}"
+                         "; train first with the same --model_dir")
+    state = checkpoints.read_state(resume)
+    # The checkpoint decides the architecture: build with the image size it was trained at.
+    image_size = trained_size(state)
+    progressive = bool(state.config.get("start_image_size"))
+    model = model_lib.build(len(class_names), image_size, "none", config.seed,
+                            state.config.get("batchnorm", "frozen"), any_size=progressive)
+    if world.is_chief:
+        checkpoints.restore(resume, trackables(model))
+    broadcast(model)  # Horovod: rank 0 read the checkpoint; everyone evaluates the same weights
+    test_metrics = epoch.evaluate_test(model, test, world, config, class_names)
+    logging.info("eval_only: test accuracy %.4f on %d images (checkpoint %s)",
+                 test_metrics["test_accuracy"], test_metrics["test_examples"], resume)
+    return test_metrics, {"mode": "eval_only", "checkpoint": resume, "image_size": image_size,
+                          "images_per_second": None}, state.history

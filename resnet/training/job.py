@@ -1,0 +1,67 @@
+"""run(config): the whole job for one rank, from start-up to metrics.json.
+
+The one place that chooses what runs: --elastic (elastic.py, which must start differently: no
+collective before Horovod's elastic loop), --eval_only (eval_only.py), or fixed-size training
+(fixed.py). Flow of the last two: start Horovod and threads -> the chief checks --model_dir ->
+load and shard the data -> agree on the checkpoint to resume from -> train or evaluate -> rank 0
+saves the model and writes the metrics.
+"""
+
+import time
+
+import tensorflow as tf
+from absl import logging
+
+from resnet import model as model_lib
+from resnet.config import Config
+from resnet.data import cifar, source
+from resnet.runtime import placement
+from resnet.runtime import world as world_lib
+from resnet.training import checkpoints, elastic, epoch, eval_only, fixed, results
+from resnet.training.schedule import Plan
+
+
+def run(config: Config) -> dict:
+    """Train (or with --eval_only, evaluate) and return the metrics; rank 0 writes them."""
+    config = config.effective()
+    if config.elastic:
+        return elastic.run(config)
+    world = world_lib.start(config.intra_op_threads, config.inter_op_threads)
+    rows = placement.gather_placement(world)
+    logging.info("placement:\n%s", placement.format_placement(rows))
+    if config.debug:
+        tf.debugging.set_log_device_placement(True)
+    world_lib.chief_decides(world, lambda: results.check_model_dir(config.model_dir))
+    model_lib.set_precision(config.precision, warn=world.is_chief)
+    class_names = cifar.CLASS_NAMES
+    train, test = source.load(config, world)
+    resume = world_lib.chief_decides(world, lambda: checkpoints.latest(config.model_dir))
+    if config.eval_only:
+        test_metrics, extra, history = eval_only.run(config, world, test, resume, class_names)
+        return results.finish(config, world, None, test_metrics, history, extra, class_names)
+    return _train(config, world, train, test, resume, class_names)
+
+
+def _train(config: Config, world, train, test, resume, class_names) -> dict:
+    plan = Plan(config, world.size, len(train))
+    logging.info("%d rank(s) x batch %d = global batch %d; %d steps/epoch; lr %.4g -> %.4g over "
+                 "%d warmup steps, cosine to 0 at step %d; %s, %spx", world.size,
+                 config.batch_size, plan.global_batch_size, plan.steps_per_epoch,
+                 plan.warmup_start, plan.peak_learning_rate, plan.warmup_steps, plan.total_steps,
+                 config.precision, f"{config.start_image_size}px then " *
+                 bool(config.start_image_size) + str(config.image_size))
+    model = model_lib.build(len(class_names), config.image_size, config.weights, config.seed,
+                            config.batchnorm, config.bn_momentum,
+                            any_size=bool(config.start_image_size))
+    started = time.time()
+    trainer = fixed.Trainer(config, world, plan, model, train, test, class_names).run(resume)
+    test_metrics = trainer.test_metrics
+    if test_metrics is None:  # already trained to --epochs: evaluate what the checkpoint holds
+        test_metrics = epoch.evaluate_test(model, test, world, config, class_names)
+    throughput = trainer.throughput
+    return results.finish(config, world, model, test_metrics, trainer.progress.history, {
+        "images_per_second": throughput.images_per_second,
+        "train_step_seconds": throughput.warm or throughput.cold,  # rank 0's clock, per step
+        "train_minutes": (time.time() - started) / 60,
+        "num_train_examples": len(train), "steps_per_epoch": plan.steps_per_epoch,
+        "mode": "train"}, class_names)
