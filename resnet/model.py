@@ -21,16 +21,11 @@ IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications.resnet50.pr
 MIN_IMAGE_SIZE = 32  # ResNet50 downsamples 32x: smaller inputs leave nothing to pool
 
 
-# CPU flags (as /proc/cpuinfo spells them) of bfloat16 arithmetic that oneDNN uses: AMX on Intel
-# Sapphire Rapids and later, AVX512-BF16 on Cooper Lake and AMD Zen 4.
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
 def bf16_warning(flags):
     """A warning for --precision=bf16 on a CPU with these flags (topology.cpu_flags()) and no
     bfloat16 arithmetic, else None (also for None: flags unknown). Measured: 0.08-0.10x
     float32's images/s on an AVX2-only EPYC, 1.7x on an AVX512-BF16 one (BENCHMARKS.md)."""
-    if flags is None or any(f in flags for f in BF16_CPU_FLAGS):
+    if flags is None or topology.has_bf16(flags):
         return None
     return ("--precision=bf16 on a CPU without AMX or AVX512-BF16: oneDNN emulates bfloat16, "
             "which trained at about a tenth of float32's speed here; use --precision=fp32")

@@ -22,16 +22,16 @@ def ensure_installed():
         return "slurm-wlm and munge are not installed and cannot be installed here (not root)"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         if proc.returncode:
             return f"cannot install {' '.join(PACKAGES)}: {proc.stderr.strip()[-500:]}"
     return None
 
 
 def _munge_running() -> bool:
-    enc = subprocess.run(["munge", "-n"], capture_output=True)
-    return enc.returncode == 0 and subprocess.run(["unmunge"], input=enc.stdout,
-                                                  capture_output=True).returncode == 0
+    enc = subprocess.run(["munge", "-n"], capture_output=True, timeout=30)
+    return enc.returncode == 0 and subprocess.run(["unmunge"], input=enc.stdout, capture_output=True,
+                                                  timeout=30).returncode == 0
 
 
 MUNGE_PID = "/run/munge/munged.pid"
@@ -42,11 +42,11 @@ def _start_munge() -> bool:
     if _munge_running():
         return False
     if not os.path.exists("/etc/munge/munge.key"):
-        subprocess.run(["mungekey", "--create"], check=True)
+        subprocess.run(["mungekey", "--create"], check=True, timeout=60)
         shutil.chown("/etc/munge/munge.key", "munge", "munge")
     os.makedirs("/run/munge", exist_ok=True)
     shutil.chown("/run/munge", "munge", "munge")
-    subprocess.run(["runuser", "-u", "munge", "--", "munged"], check=True)
+    subprocess.run(["runuser", "-u", "munge", "--", "munged"], check=True, timeout=60)
     for _ in range(50):
         if _munge_running():
             return True
@@ -64,7 +64,8 @@ class Cluster:
 
     def _write_conf(self):
         cpus = os.cpu_count()
-        lscpu = subprocess.run(["lscpu", "-p=CORE,SOCKET"], capture_output=True, text=True).stdout
+        lscpu = subprocess.run(["lscpu", "-p=CORE,SOCKET"], capture_output=True, text=True,
+                               timeout=30).stdout
         rows = [l for l in lscpu.splitlines() if l and not l.startswith("#")]
         sockets = len({r.split(",")[1] for r in rows}) or 1
         cores = len({r for r in rows}) // sockets or cpus
@@ -104,12 +105,12 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP Over
     def start(self):
         self.started_munge = _start_munge()
         self._write_conf()
-        subprocess.run(["slurmctld", "-f", self.conf], check=True, env=self.env)
-        subprocess.run(["slurmd", "-f", self.conf], check=True, env=self.env)
+        subprocess.run(["slurmctld", "-f", self.conf], check=True, env=self.env, timeout=60)
+        subprocess.run(["slurmd", "-f", self.conf], check=True, env=self.env, timeout=60)
         deadline = time.time() + 60
         while time.time() < deadline:
             state = subprocess.run(["sinfo", "-h", "-o", "%T"], env=self.env,
-                                   capture_output=True, text=True).stdout.strip()
+                                   capture_output=True, text=True, timeout=30).stdout.strip()
             if state == "idle":
                 return self
             time.sleep(0.5)
@@ -117,7 +118,7 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP Over
                            f"{self.dir}/slurmctld.log and slurmd.log")
 
     def stop(self):
-        subprocess.run(["scontrol", "shutdown"], env=self.env, capture_output=True)
+        subprocess.run(["scontrol", "shutdown"], env=self.env, capture_output=True, timeout=60)
         pid_files = [os.path.join(self.dir, f) for f in ("slurmd.pid", "slurmctld.pid")]
         if self.started_munge:  # a munged that was already running is left alone
             pid_files.append(MUNGE_PID)
@@ -129,12 +130,12 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP Over
 
     def sbatch(self, args, cwd):
         out = subprocess.run(["sbatch", "--parsable"] + list(args), cwd=cwd, env=self.env,
-                             capture_output=True, text=True, check=True).stdout
+                             capture_output=True, text=True, check=True, timeout=60).stdout
         return out.strip().split(";")[0]
 
     def job(self, job_id) -> dict:
         out = subprocess.run(["scontrol", "show", "job", "-o", job_id], env=self.env,
-                             capture_output=True, text=True).stdout
+                             capture_output=True, text=True, timeout=60).stdout
         return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
 
     def wait(self, job_id, timeout=900, until=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",

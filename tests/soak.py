@@ -44,7 +44,7 @@ def main():
                                           cifar_files.make_split(8, 1), cifar_files.make_split(4, 2))
     started = time.time()
     subprocess.run(_cmd(data, os.path.join(work, "plain"), a.epochs), env=_env(), check=True,
-                   capture_output=True)
+                   capture_output=True, timeout=4 * 3600)
     plain_minutes = (time.time() - started) / 60
 
     model_dir = os.path.join(work, "killed")
@@ -61,7 +61,7 @@ def main():
                 target = epoch + a.kill_every
             if epoch >= target and epoch < a.epochs:
                 os.killpg(proc.pid, signal.SIGKILL)  # the whole job, as a node failure would
-                proc.wait()
+                proc.wait(timeout=120)
                 kills += 1
                 for name in checkpoints.all_names(model_dir):
                     problem = checkpoints.verify(os.path.join(checkpoints.directory(model_dir),

@@ -57,6 +57,7 @@ def _freeze_bench(*args):
                           env=job_env(), capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # runs the benchmark
 def test_freeze_benchmark_times_every_stage_with_fewer_variables_each(tmp_path):
     out = tmp_path / "freeze.json"
     proc = _freeze_bench("--image_size=32", "--batch_size=4", "--steps=1", "--rounds=1",
@@ -74,6 +75,7 @@ def test_freeze_benchmark_times_every_stage_with_fewer_variables_each(tmp_path):
     assert all(len(v) == 1 and v[0] > 0 for v in figures.values())
 
 
+@pytest.mark.slow  # runs the benchmark
 def test_freeze_benchmark_compares_image_sizes(tmp_path):
     out = tmp_path / "freeze.json"
     proc = _freeze_bench("--image_size=32,48", "--stages=conv5", "--batch_size=4", "--steps=2",
@@ -88,6 +90,7 @@ def test_freeze_benchmark_compares_image_sizes(tmp_path):
     assert all(len(v) == 2 and min(v) > 0 for v in figures.values())
 
 
+@pytest.mark.slow  # runs the benchmark
 def test_freeze_benchmark_compares_precisions_with_the_same_variables(tmp_path):
     out = tmp_path / "freeze.json"
     proc = _freeze_bench("--image_size=32", "--stages=conv5", "--precision=fp32,bf16",

@@ -15,7 +15,7 @@ from resnet.errors import UsageError
     (dict(batch_size=0), "--batch_size=0: must be a positive number"),
     (dict(epochs=-1), "--epochs=-1: must not be negative"),
     (dict(epochs=0), "--epochs=0: nothing to train"),
-    (dict(precision="fp8"), "--precision=fp8: use one of fp32, bf16"),
+    (dict(precision="fp8"), "--precision=fp8: use one of auto, fp32, bf16"),
     (dict(image_size=16), "--image_size=16: ResNet50 needs at least 32"),
     (dict(image_size=4096), "--image_size=4096: above 512"),
     (dict(freeze_epochs=3, epochs=2), "--freeze_epochs=3 is more than --epochs=2"),
@@ -42,7 +42,8 @@ def test_bad_values_refused(kwargs, message):
 def test_start_image_size_covers_every_epoch_but_the_last():
     c = Config(weights="none", epochs=3, start_image_size=96, image_size=128)
     assert [c.image_size_at(e) for e in range(3)] == [96, 96, 128]
-    assert Config(weights="none", epochs=3).image_size_at(0) == 64  # off: --image_size throughout
+    assert Config(weights="none", epochs=3, image_size=64).image_size_at(0) == 64  # off: --image_size
+    # throughout
 
 
 def test_model_dir_that_is_a_file(tmp_path):
@@ -74,6 +75,7 @@ def test_command_line_refusals_exit_nonzero(tmp_path, args, message):
     assert not (tmp_path / "m").exists()  # refused before anything was written
 
 
+@pytest.mark.slow  # a real job
 def test_unwritable_model_dir(tmp_path, image_tar):
     # CI runs as root, which ignores permission bits: make the model_dir's parent a file.
     blocker = tmp_path / "blocker"

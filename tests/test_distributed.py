@@ -9,6 +9,10 @@ import pytest
 
 from conftest import ROOT, SHARED_WEIGHTS, horovodrun, job_env, rank_pids, run_job, start_until
 
+# Each test starts real jobs (TensorFlow, launchers): the slow tier (pytest -m 'not slow'
+# leaves them out; .ci/run runs them).
+pytestmark = pytest.mark.slow
+
 
 def test_shards_under_real_ranks(tmp_path):
     out = tmp_path / "shards.json"

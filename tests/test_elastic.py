@@ -10,6 +10,10 @@ import pytest
 
 from conftest import ROOT, SHARED_WEIGHTS, rank_pids, run_job, start_until
 
+# Each test starts real jobs (TensorFlow, launchers): the slow tier (pytest -m 'not slow'
+# leaves them out; .ci/run runs them).
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.skipif(not os.path.exists(SHARED_WEIGHTS), reason="needs the ImageNet weights")
 def test_killing_rank_0_of_3_mid_epoch_the_others_finish_and_evaluate_right(tmp_path, image_tar):

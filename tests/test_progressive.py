@@ -5,7 +5,13 @@ import json
 import shutil
 import zipfile
 
+import pytest
+
 from conftest import run_job
+
+# Each test starts real jobs (TensorFlow, launchers): the slow tier (pytest -m 'not slow'
+# leaves them out; .ci/run runs them).
+pytestmark = pytest.mark.slow
 
 
 def _resize_height(model_file) -> int:

@@ -13,6 +13,10 @@ import pytest
 
 from conftest import ROOT, job_env, run_job
 
+# Each test starts real jobs (TensorFlow, launchers): the slow tier (pytest -m 'not slow'
+# leaves them out; .ci/run runs them).
+pytestmark = pytest.mark.slow
+
 COMMON = ["--weights=none", "--image_size=32", "--batch_size=8", "--learning_rate=0.001",
           "--epochs=2", "--log_every_steps=1", "--max_train_examples=48"]
 
@@ -67,7 +71,7 @@ def test_sigkill_after_epoch_1_then_resume_ends_as_uninterrupted(tmp_path, image
     proc = _start(image_tar, model_dir)
     _wait_for(proc, "epoch 2/2 step 1/")  # epoch 1's checkpoint is on disk by now
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=60)
     assert os.listdir(model_dir / "checkpoints") == ["ckpt-0001-000000"]
     assert not (model_dir / "metrics.json").exists()
     log = run_job(_args(image_tar, model_dir)).stderr
@@ -82,7 +86,7 @@ def test_sigusr1_mid_epoch_checkpoints_and_resume_ends_as_uninterrupted(tmp_path
     _wait_for(proc, "epoch 1/2 step 1/")
     proc.send_signal(signal.SIGUSR1)
     rest = proc.stderr.read()
-    assert proc.wait() == 3, rest[-3000:]
+    assert proc.wait(timeout=60) == 3, rest[-3000:]
     assert "checkpoint written, run the same command to resume" in rest
     names = os.listdir(model_dir / "checkpoints")
     assert len(names) == 1 and names[0].startswith("ckpt-0000-") and names[0] != "ckpt-0000-000000"

@@ -48,8 +48,8 @@ def test_learning_rate_at_follows_the_step_curve_for_a_fixed_world():
 @pytest.mark.parametrize("world_size", [1, 4])
 def test_warmup_from_zero_ramps_at_any_rank_count_and_elastic_follows(world_size):
     from resnet.training.schedule import learning_rate_at
-    base = Config(epochs=2, warmup_epochs=0.5, learning_rate=0.01, weights="none")
-    zero = Config(epochs=2, warmup_epochs=0.5, learning_rate=0.01, weights="none",
+    base = Config(epochs=2, warmup_epochs=0.5, learning_rate=0.01, weights="none", batch_size=64)
+    zero = Config(epochs=2, warmup_epochs=0.5, learning_rate=0.01, weights="none", batch_size=64,
                   warmup_from="zero")
     plan = Plan(zero, world_size=world_size, num_train=6400 * world_size)  # 100 steps per epoch
     steps = learning_rate(plan)

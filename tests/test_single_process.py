@@ -6,7 +6,13 @@ import subprocess
 import sys
 from importlib import metadata
 
+import pytest
+
 from conftest import ROOT, job_env, run_job
+
+# Each test starts real jobs (TensorFlow, launchers): the slow tier (pytest -m 'not slow'
+# leaves them out; .ci/run runs them).
+pytestmark = pytest.mark.slow
 
 
 def test_debug_mode_end_to_end_then_predict(tmp_path, image_tar, splits):

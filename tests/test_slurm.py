@@ -41,6 +41,7 @@ def _submit(cluster, tmp_path, name, model_dir, image_tar, *flags):
     return job, out
 
 
+@pytest.mark.slow  # real Slurm jobs
 def test_batch_job_trains_and_a_resubmission_resumes(cluster, tmp_path, image_tar):
     model_dir = tmp_path / "m"
     job, out = _submit(cluster, tmp_path, "first", model_dir, image_tar, "--epochs=1")
@@ -65,6 +66,7 @@ def test_batch_job_trains_and_a_resubmission_resumes(cluster, tmp_path, image_ta
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
 
 
+@pytest.mark.slow  # real Slurm jobs
 def test_preemption_signal_checkpoints_and_requeues(cluster, tmp_path, image_tar):
     model_dir = tmp_path / "m"
     job, out = _submit(cluster, tmp_path, "preempt", model_dir, image_tar, "--epochs=3")
@@ -74,7 +76,8 @@ def test_preemption_signal_checkpoints_and_requeues(cluster, tmp_path, image_tar
         assert cluster.job(job).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING")
         time.sleep(1)
     # What Slurm does 120 s before the time limit (#SBATCH --signal=B:USR1@120).
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=cluster.env, check=True)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=cluster.env, check=True,
+                   timeout=60)
     info = cluster.wait(job, timeout=1200, until=("COMPLETED", "FAILED", "CANCELLED"))
     log = out.read_text()
     assert info["JobState"] == "COMPLETED", log[-4000:]

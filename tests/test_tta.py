@@ -7,7 +7,13 @@ import json
 
 import numpy as np
 
+import pytest
+
 from conftest import run_job
+
+# Each test starts real jobs (TensorFlow, launchers): the slow tier (pytest -m 'not slow'
+# leaves them out; .ci/run runs them).
+pytestmark = pytest.mark.slow
 
 
 def _scores(probs, labels):

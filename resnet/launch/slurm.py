@@ -67,7 +67,7 @@ def plan(env: Mapping[str, str], model_dir: str, train_args: Sequence[str], laun
 
 
 def requeue(job_id: str) -> None:
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=120)
 
 
 def main(argv=None) -> int:

@@ -49,7 +49,7 @@ def _from_rows(rows: List[Tuple[int, int, int, int]]) -> Topology:
 
 def _lscpu_rows() -> List[Tuple[int, int, int, int]]:
     out = subprocess.run(["lscpu", "-p=CPU,CORE,SOCKET,NODE"], capture_output=True, text=True,
-                         check=True).stdout
+                         check=True, timeout=30).stdout
     rows = []
     for line in out.splitlines():
         if line and not line.startswith("#"):
@@ -74,8 +74,18 @@ def _sys_rows() -> List[Tuple[int, int, int, int]]:
 def read() -> Topology:
     try:
         return _from_rows(_lscpu_rows())
-    except (OSError, subprocess.CalledProcessError, ValueError):
+    except (OSError, subprocess.SubprocessError, ValueError):
         return _from_rows(_sys_rows())
+
+
+# CPU flags (as /proc/cpuinfo spells them) of bfloat16 arithmetic that oneDNN uses: AMX on Intel
+# Sapphire Rapids and later, AVX512-BF16 on Cooper Lake and AMD Zen 4.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def has_bf16(flags: Optional[FrozenSet[str]]) -> bool:
+    """True when these CPU flags include bfloat16 arithmetic (None, flags unknown: False)."""
+    return flags is not None and any(f in flags for f in BF16_CPU_FLAGS)
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> Optional[FrozenSet[str]]:

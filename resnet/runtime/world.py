@@ -38,8 +38,14 @@ def start(intra_op_threads: int = 0, inter_op_threads: int = 0) -> World:
     """Apply threads (before any TF op runs: TF fixes its pools at the first op), then start
     Horovod. Without a launcher this is a world of one, the single-process debug mode."""
     intra, inter = thread_counts(intra_op_threads, inter_op_threads)
-    tf.config.threading.set_intra_op_parallelism_threads(intra)
-    tf.config.threading.set_inter_op_parallelism_threads(inter)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:  # TF already ran ops in this process (a test calling run twice)
+        intra = tf.config.threading.get_intra_op_parallelism_threads()
+        inter = tf.config.threading.get_inter_op_parallelism_threads()
+        logging.warning("TensorFlow's thread pools were already made: %d intra-op and %d "
+                        "inter-op threads (0: TensorFlow's choice) stay", intra, inter)
     import horovod.tensorflow.keras as hvd
     hvd.init()
     world = World(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),

@@ -157,9 +157,9 @@ def _resume(config: Config, model, optimizer) -> dict:
     return dict(epoch=st.epoch, done=done, history=list(st.history), train_logs={})
 
 
-def run(config: Config) -> dict:
+def run(config: Config, first: runtime.World) -> dict:
+    """Elastic training from `first`, the world as this process started in it."""
     import horovod.tensorflow.keras as hvd
-    first = runtime.start(config.intra_op_threads, config.inter_op_threads)
     results.check_model_dir(config.model_dir)  # every rank on its own: no collective here
     model_lib.set_precision(config.precision, warn=first.is_chief)
     class_names = cifar.CLASS_NAMES

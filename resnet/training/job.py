@@ -23,10 +23,12 @@ from resnet.training.schedule import Plan
 
 def run(config: Config) -> dict:
     """Train (or with --eval_only, evaluate) and return the metrics; rank 0 writes them."""
-    config = config.effective()
-    if config.elastic:
-        return elastic.run(config)
+    requested, config = config, config.effective()
+    # Horovod's start-up is no collective, so elastic mode may start here too.
     world = world_lib.start(config.intra_op_threads, config.inter_op_threads)
+    _announce(requested, config)
+    if config.elastic:
+        return elastic.run(config, world)
     rows = placement.gather_placement(world)
     logging.info("placement:\n%s", placement.format_placement(rows))
     if config.debug:
@@ -40,6 +42,15 @@ def run(config: Config) -> dict:
         test_metrics, extra, history = eval_only.run(config, world, test, resume, class_names)
         return results.finish(config, world, None, test_metrics, history, extra, class_names)
     return _train(config, world, train, test, resume, class_names)
+
+
+def _announce(requested: Config, config: Config) -> None:
+    if requested.preset:
+        logging.info("--preset=%s (resnet/presets.py), the flags given on top", requested.preset)
+    if requested.precision == "auto":
+        logging.info("--precision=auto: %s (%s)", config.precision,
+                     "this CPU has bfloat16 arithmetic" if config.precision == "bf16"
+                     else "no AMX or AVX512-BF16 on this CPU")
 
 
 def _train(config: Config, world, train, test, resume, class_names) -> dict:

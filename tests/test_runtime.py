@@ -1,0 +1,79 @@
+"""The runtime in-process: CPU ranges, the placement table, thread counts, rank-0 decisions and
+rank-0 logging, on a world of one (the multi-rank paths run under horovodrun elsewhere)."""
+
+import os
+
+import pytest
+from absl import logging
+
+from resnet.errors import UsageError
+from resnet.runtime import placement, threads, world as world_lib
+
+
+def _world(rank=0, size=1):
+    return world_lib.World(rank=rank, size=size, local_rank=rank, local_size=size, host="h",
+                           intra_op_threads=1, inter_op_threads=1)
+
+
+def test_cpu_ranges():
+    assert placement.cpu_ranges([0]) == "0"
+    assert placement.cpu_ranges([0, 1, 2, 3]) == "0-3"
+    assert placement.cpu_ranges([0, 1, 4, 6, 7, 8]) == "0-1,4,6-8"
+    assert placement.cpu_ranges([]) == ""
+
+
+def _row(rank, host, cpus, local=0):
+    return {"rank": rank, "host": host, "local_rank": local, "cpus": cpus, "intra": len(cpus),
+            "inter": 2 if len(cpus) > 1 else 1}
+
+
+def test_placement_table_warns_only_about_ranks_sharing_cpus_on_one_host():
+    table = placement.format_placement([_row(0, "node1", [0, 1]), _row(1, "node1", [2, 3], 1),
+                                        _row(2, "node2", [0, 1])])
+    lines = table.splitlines()
+    assert lines[0].split() == ["rank", "host", "local", "intra", "inter", "cpus"]
+    assert lines[1].split() == ["0", "node1", "0", "2", "2", "0-1"]
+    assert lines[3].split() == ["2", "node2", "0", "2", "2", "0-1"]
+    assert "WARNING" not in table  # the same CPU numbers on two hosts are not shared
+    shared = placement.format_placement([_row(0, "n", [0, 1, 2]), _row(1, "n", [2, 3], 1)])
+    assert "WARNING: ranks 0 and 1 on n share CPU(s) 2:" in shared
+
+
+def test_thread_counts_flag_then_launch_plan_then_cpus(monkeypatch):
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("TF_NUM_INTEROP_THREADS", raising=False)
+    assert threads.thread_counts() == (cpus, threads.inter_op_threads(cpus))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads.thread_counts() == (1, 1)  # a one-core rank: one inter-op thread
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "3")
+    assert threads.thread_counts() == (1, 3)
+    assert threads.thread_counts(intra=4, inter=2) == (4, 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")  # unreadable: as if unset
+    assert threads.thread_counts()[0] == cpus
+
+
+def test_inter_op_rule():
+    assert [threads.inter_op_threads(c) for c in (1, 2, 8, 56)] == [1, 2, 2, 2]
+    assert threads.inter_op_threads(28, sockets=2) == 2
+    assert threads.inter_op_threads(56, sockets=4) == 4
+
+
+def test_chief_decides_returns_or_raises_on_a_world_of_one():
+    assert world_lib.chief_decides(_world(), lambda: 42) == 42
+
+    def refuse():
+        raise UsageError("no")
+    with pytest.raises(UsageError, match="no"):
+        world_lib.chief_decides(_world(), refuse)
+
+
+def test_other_ranks_keep_warnings_only():
+    before = logging.get_verbosity()
+    try:
+        world_lib.quiet_unless_chief(_world(rank=1, size=2))
+        assert logging.get_verbosity() == logging.WARNING
+        world_lib.quiet_unless_chief(_world(rank=0, size=2))
+        assert logging.get_verbosity() == logging.INFO
+    finally:
+        logging.set_verbosity(before)
