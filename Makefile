@@ -1,6 +1,6 @@
 # The two commands (README): each sets up what is missing first.
 #   make train [NP=2] [ARGS="--epochs=1 ..."]   train on CIFAR-10 with horovodrun
-#   make test                                   the whole test suite
+#   make test [ARGS='-m "not slow"']             the whole test suite (or its fast tier)
 NP ?= 2
 ARGS ?=
 
@@ -10,4 +10,4 @@ setup:
 train:
 	NP=$(NP) tools/train.sh $(ARGS)
 test:
-	tools/test.sh
+	tools/test.sh $(ARGS)

@@ -9,24 +9,11 @@ drops the warm-up).
 
 import argparse
 import json
-import time
 
 import numpy as np
 import tensorflow as tf
 
-
-class StepTimer(tf.keras.callbacks.Callback):
-    """The seconds of every training step."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.t = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seconds.append(time.perf_counter() - self.t)
+from benchmarks.common import StepTimer
 
 
 def main():

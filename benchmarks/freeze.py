@@ -26,11 +26,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from resnet import model as model_lib  # noqa: E402
-from resnet.runtime import threads  # noqa: E402
-from benchmarks.baseline import StepTimer  # noqa: E402
-from resnet.config import PRECISIONS, STAGES  # noqa: E402
+from benchmarks.common import ROOT, StepTimer, use_job_threads  # noqa: E402
+from resnet.config import STAGES  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRECISIONS = ("fp32", "bf16")  # what one run is timed in (train_dist.py's 'auto' picks one)
 
 
 def _ints(text: str) -> list:
@@ -71,9 +70,7 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out", "freeze.json"))
     a = p.parse_args()
-    intra, inter = threads.thread_counts()
-    tf.config.threading.set_intra_op_parallelism_threads(intra)
-    tf.config.threading.set_inter_op_parallelism_threads(inter)
+    intra, inter = use_job_threads()
 
     n = a.batch_size * a.steps
     rng = np.random.default_rng(0)

@@ -32,33 +32,17 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.common import ROOT, train_dist_args
 ROWS = ("plain", "model", "loss", "pipeline", "horovod", "guards", "logging", "threads")
 BATCH, SIZE, STEPS = 64, 32, 15
 
 
-def _measure(row: str) -> list:
-    """Step seconds of one fit with everything up to and including `row` (in this process)."""
-    import numpy as np
+def _model(upto: int):
+    """The row's model, compiled: the harness's plain Keras one, or the job's (with Horovod's
+    optimizer and the job's loss from those rows on)."""
     import tensorflow as tf
 
-    from resnet.training import callbacks as cb
     from resnet import model as model_lib
-    from resnet.data import pipeline
-    from resnet.data import sharding
-    from benchmarks.baseline import StepTimer
-    from resnet.training.watchdog import Watchdog
-    upto = ROWS.index(row)
-    if upto >= ROWS.index("threads"):
-        from resnet.runtime import threads
-        intra, inter = threads.thread_counts()
-        tf.config.threading.set_intra_op_parallelism_threads(intra)
-        tf.config.threading.set_inter_op_parallelism_threads(inter)
-    n = BATCH * STEPS
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, n).astype(np.int32)
-
     if upto >= ROWS.index("model"):
         model = model_lib.build(10, SIZE, "none", 0)
     else:
@@ -78,8 +62,14 @@ def _measure(row: str) -> list:
                       weighted_metrics=[tf.keras.metrics.CategoricalAccuracy(name="accuracy")])
     else:
         model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
 
-    timer = StepTimer()
+
+def _callbacks(upto: int, timer) -> list:
+    import tensorflow as tf
+
+    from resnet.training import callbacks as cb
+    from resnet.training.watchdog import Watchdog
     callbacks = [timer]
     if upto >= ROWS.index("guards"):
         import horovod.tensorflow.keras as hvd
@@ -90,6 +80,26 @@ def _measure(row: str) -> list:
         callbacks += [cb.Throughput(BATCH),
                       cb.ProgressLog(50, STEPS, 1, BATCH, lambda: 0, lambda: 0),
                       tf.keras.callbacks.TensorBoard(tempfile.mkdtemp(), profile_batch=0)]
+    return callbacks
+
+
+def _measure(row: str) -> list:
+    """Step seconds of one fit with everything up to and including `row` (in this process)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks.common import StepTimer, use_job_threads
+    from resnet.data import pipeline, sharding
+    upto = ROWS.index(row)
+    if upto >= ROWS.index("threads"):
+        use_job_threads()
+    n = BATCH * STEPS
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, n).astype(np.int32)
+    model = _model(upto)
+    timer = StepTimer()
+    callbacks = _callbacks(upto, timer)
     if upto >= ROWS.index("pipeline"):
         shard = sharding.train_shard(n, 0, 0, 0, 1, BATCH)
         ds = pipeline.train_dataset(pipeline.Split(images, labels), shard, BATCH, 0, 0)
@@ -115,11 +125,8 @@ def compare_inter_op(rounds: int = 2) -> dict:
     for round_ in range(rounds):
         for inter in ((1, 2) if round_ % 2 == 0 else (2, 1)):
             with tempfile.TemporaryDirectory() as d:
-                cmd = [sys.executable, "train_dist.py", "--dataset=synthetic",
-                       f"--max_train_examples={BATCH * STEPS}", "--max_test_examples=64",
-                       "--epochs=1", "--weights=none", f"--image_size={SIZE}",
-                       f"--batch_size={BATCH}", f"--model_dir={d}", "--log_every_steps=1000",
-                       "--warmup_epochs=0", f"--inter_op_threads={inter}"]
+                cmd = [sys.executable, "train_dist.py"] + train_dist_args(
+                    SIZE, "fp32", BATCH, STEPS, d, extra=[f"--inter_op_threads={inter}"])
                 subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                                                        PYTHONPATH=ROOT),
                                check=True, capture_output=True)

@@ -26,9 +26,9 @@ import sys
 import tempfile
 import time
 
+from benchmarks.common import ROOT, shown, train_dist_args
 from resnet.launch import topology
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WARMUP = 3
 WINDOW = 3
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -94,25 +94,21 @@ def train_dist(image_size, precision, batch, steps, ranks=1, extra=(), env=None,
     """train_dist.py on synthetic data: 1 rank as a plain process, more through the launch plan.
     `extra` flags, `env` variables and a command `prefix` (e.g. taskset) are for comparisons."""
     with tempfile.TemporaryDirectory() as model_dir:
-        args = ["--dataset=synthetic", f"--max_train_examples={batch * ranks * steps}",
-                f"--max_test_examples={batch * ranks}", "--epochs=1", "--weights=none",
-                f"--image_size={image_size}", f"--precision={precision}",
-                f"--batch_size={batch}", f"--model_dir={model_dir}", "--log_every_steps=1000",
-                "--warmup_epochs=0", *extra]
+        args = train_dist_args(image_size, precision, batch, steps, model_dir, ranks, extra)
         if ranks == 1:
             cmd = [*prefix, sys.executable, "train_dist.py"] + args
         else:
             cmd = [*prefix, os.path.join("launch", "horovodrun.sh"), "-np", str(ranks),
                    "--"] + args
-        shown = " ".join(f"{k}={v}" for k, v in (env or {}).items())
-        shown = (shown + " " + " ".join(cmd)).strip().replace(model_dir, "TMP")
+        written = " ".join(f"{k}={v}" for k, v in (env or {}).items())
+        written = (written + " " + shown(cmd)).strip().replace(model_dir, "TMP")
         if _run(cmd, dict(_env(), **(env or {}))) is None:
-            return {"command": shown, "timeout": TIMEOUT_S}
+            return {"command": written, "timeout": TIMEOUT_S}
         with open(os.path.join(model_dir, "metrics.json")) as f:
             metrics = json.load(f)
     # train_dist's own Throughput already left out its first steps (its warm-up).
     rates = windows(metrics["train_step_seconds"], batch * ranks, skip=0)
-    return {"command": shown, **summary(rates)}
+    return {"command": written, **summary(rates)}
 
 
 def input_pipeline(data_path, batch, ranks, batches=60):

@@ -120,6 +120,13 @@ def image_size_at(config: dict, epoch: int) -> int:
 
 
 def _check(c: Config) -> None:
+    _check_numbers(c)
+    _check_choices(c)
+    _check_combinations(c)
+    _check_sizes_and_paths(c)
+
+
+def _check_numbers(c: Config) -> None:
     def positive(name, value):
         if value is not None and value <= 0:
             raise UsageError(f"--{name}={value}: must be a positive number")
@@ -140,16 +147,9 @@ def _check(c: Config) -> None:
         raise UsageError("--epochs=0: nothing to train; give at least 1, or use --eval_only")
     if c.freeze_epochs > c.epochs:
         raise UsageError(f"--freeze_epochs={c.freeze_epochs} is more than --epochs={c.epochs}")
-    if c.elastic:
-        # Each of these needs a collective before training starts, which elastic mode must not
-        # have (a worker joining later would wait in it forever): see resnet/training/elastic.py.
-        for flag, value, why in (
-                ("freeze_epochs", c.freeze_epochs, "a second optimizer mid-run"),
-                ("download", c.download, "rank 0 downloading while the others wait"),
-                ("eval_only", c.eval_only, "nothing to be elastic about")):
-            if value:
-                raise UsageError(f"--elastic does not combine with --{flag} ({why}); run that "
-                                 "without --elastic")
+
+
+def _check_choices(c: Config) -> None:
     if c.warmup_from not in WARMUP_FROM:
         raise UsageError(f"--warmup_from={c.warmup_from}: must be one of {', '.join(WARMUP_FROM)}")
     if c.label_smoothing >= 1:
@@ -167,6 +167,22 @@ def _check(c: Config) -> None:
         raise UsageError(f"--bn_momentum={c.bn_momentum}: must be in [0, 1)")
     if c.dataset not in DATASETS:
         raise UsageError(f"--dataset={c.dataset}: use one of {', '.join(DATASETS)}")
+
+
+def _check_combinations(c: Config) -> None:
+    if c.elastic:
+        # Each of these needs a collective before training starts, which elastic mode must not
+        # have (a worker joining later would wait in it forever): see resnet/training/elastic.py.
+        for flag, value, why in (
+                ("freeze_epochs", c.freeze_epochs, "a second optimizer mid-run"),
+                ("download", c.download, "rank 0 downloading while the others wait"),
+                ("eval_only", c.eval_only, "nothing to be elastic about")):
+            if value:
+                raise UsageError(f"--elastic does not combine with --{flag} ({why}); run that "
+                                 "without --elastic")
+
+
+def _check_sizes_and_paths(c: Config) -> None:
     if c.start_image_size:
         if not 32 <= c.start_image_size <= 512:
             raise UsageError(f"--start_image_size={c.start_image_size}: use 32 to 512, or 0 for "
