@@ -2,10 +2,12 @@
 # One node: horovodrun with one rank per socket (or -np N), each bound to its own cores, with
 # per-rank oneDNN threads from the launch plan (resnet/launch/plan.py).
 #
-# Usage: launch/horovodrun.sh [-np N] [--min-np A --max-np B --hosts-file F
-#                             [--network-interfaces NIC]] [--dry_run]
+# Usage: launch/horovodrun.sh [-np N] [-H h1:N,h2:N | --hostfile F] [--network-interfaces NIC]
+#                             [--min-np A --max-np B --hosts-file F] [--dry_run]
 #                             [-- train_dist.py flags...]
 #   launch/horovodrun.sh -np 4 -- --data_dir=/data/cifar-10-batches-py --epochs=2
+# Several hosts: -H node1:2,node2:2 runs 2 ranks on each (-np is per host); the ranks talk over
+# the network every host has an address in, or the interfaces --network-interfaces names.
 # Elastic (Horovod Elastic, Gloo): between A and B ranks on the hosts listed in F (host:slots per
 # line, re-read while the job runs; launch/discover_hosts.sh); adds --elastic to train_dist.py.
 #   launch/horovodrun.sh -np 3 --min-np 2 --max-np 3 --hosts-file hosts.txt -- --epochs=2
@@ -18,6 +20,8 @@ plan_args=(--launcher horovodrun)
 while (($#)); do
   case $1 in
     -np) plan_args+=(--ranks_per_node "$2"); shift 2 ;;
+    -H|--hosts) plan_args+=(--hosts "$2"); shift 2 ;;
+    --hostfile) plan_args+=(--hostfile "$2"); shift 2 ;;
     --min-np) plan_args+=(--min_np "$2"); shift 2 ;;
     --max-np) plan_args+=(--max_np "$2"); shift 2 ;;
     --hosts-file) plan_args+=(--hosts_file "$2"); shift 2 ;;

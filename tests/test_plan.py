@@ -183,8 +183,7 @@ def test_elastic_dry_run_and_refusals(tmp_path):
             (["-np", "2", "--min-np", "1"], "elastic mode needs --hosts_file"),
             (["-np", "2", "--min-np", "1", "--hosts-file", str(empty)], "names no host"),
             (["-np", "1", "--min-np", "1", "--max-np", "2", "--hosts-file", str(one)],
-             "names one host: Horovod Elastic then waits for a second"),
-            (["-np", "2", "--network-interfaces", "lo"], "--network-interfaces is for elastic")]:
+             "names one host: Horovod Elastic then waits for a second")]:
         out = _run("horovodrun.sh", "--dry_run", *args)
         assert out.returncode == 2 and message in out.stderr, (args, out.stderr)
     # With the interface named, one host is enough, and horovodrun is told it.
@@ -192,6 +191,11 @@ def test_elastic_dry_run_and_refusals(tmp_path):
                "--hosts-file", str(one), "--network-interfaces", "lo")
     assert out.returncode == 0, out.stderr
     assert "discover_hosts.sh --network-interfaces lo " in out.stdout
+    # Named for a fixed-size run too: passed on, and said.
+    out = _run("horovodrun.sh", "--dry_run", "-np", "2", "--network-interfaces", "lo")
+    assert out.returncode == 0, out.stderr
+    assert "network: (lo): named by --network-interfaces" in out.stdout
+    assert "horovodrun -np 2 -H localhost:2 --network-interfaces lo " in out.stdout
     with pytest.raises(UsageError, match="elastic mode needs horovodrun"):
         plan_lib.command(plan_lib.make(T(1, 2, 1), 1), "mpirun", ["python"],
                             elastic=plan_lib.Elastic(2, 1, 2, str(hosts)))

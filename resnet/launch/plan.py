@@ -30,7 +30,7 @@ import shlex
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from resnet.launch import discovery
+from resnet.launch import discovery, network
 from resnet.launch import topology as topo
 from resnet.errors import EXIT_USAGE, UsageError
 from resnet.launch import CHECKOUT
@@ -229,8 +229,10 @@ def launch_env(plan_env: Dict[str, str], environ) -> Dict[str, str]:
 
 def command(plan: Plan, launcher: str, program: Sequence[str], hosts: Optional[str] = None,
             hostfile: Optional[str] = None, mpi: str = "pmix",
-            elastic: Optional[Elastic] = None) -> List[str]:
-    """The launcher command line that runs `program` on every rank with this plan."""
+            elastic: Optional[Elastic] = None,
+            net: Optional[network.Choice] = None) -> List[str]:
+    """The launcher command line that runs `program` on every rank with this plan; `net`, the
+    network the hosts share (network.plan_network), goes to Open MPI and Horovod alike."""
     n = plan.total_ranks
     if elastic is not None:
         if launcher != "horovodrun":
@@ -239,8 +241,8 @@ def command(plan: Plan, launcher: str, program: Sequence[str], hosts: Optional[s
         script = os.path.join(CHECKOUT,
                               "launch", "discover_hosts.sh")
         # Gloo, not MPI (Horovod Elastic needs it), so no --bind-to: threads come from the env.
-        nics = (["--network-interfaces", elastic.network_interfaces]
-                if elastic.network_interfaces else [])
+        names = elastic.network_interfaces or (net.names if net else None)
+        nics = ["--network-interfaces", names] if names else []
         return (["horovodrun", "-np", str(elastic.np), "--min-np", str(elastic.min_np), "--max-np",
                  str(elastic.max_np), "--host-discovery-script", script] + nics + list(program) +
                 ["--elastic"])
@@ -248,10 +250,17 @@ def command(plan: Plan, launcher: str, program: Sequence[str], hosts: Optional[s
         host_arg = ["-H", hosts or f"localhost:{plan.ranks_per_node}"]
         if hostfile:
             host_arg = ["-hostfile", hostfile]
-        return (["horovodrun", "-np", str(n)] + host_arg +
-                [f"--binding-args=--map-by {mpi_map_by(plan)} --bind-to core"] + list(program))
+        binding = f"--map-by {mpi_map_by(plan)} --bind-to core"
+        nics = []
+        if net and net.names:  # Horovod hands the names to Open MPI and Gloo both
+            nics = ["--network-interfaces", net.names]
+        elif net:  # names differ between hosts: Open MPI takes the network itself
+            binding += " " + " ".join(network.open_mpi_args(net))
+        return (["horovodrun", "-np", str(n)] + host_arg + nics + [f"--binding-args={binding}"]
+                + list(program))
     if launcher == "mpirun":  # Open MPI
         where = (["-H", hosts] if hosts else []) + (["--hostfile", hostfile] if hostfile else [])
+        where += network.open_mpi_args(net) if net else []
         return open_mpi(n, mpi_map_by(plan), plan.env, ["--report-bindings"] + where) + list(
             program)
     if launcher == "intel-mpirun":  # Intel MPI: pinning by domain, env through -genv
@@ -297,7 +306,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", choices=LAUNCHERS, default="horovodrun")
     p.add_argument("--ranks_per_node", type=int, default=None,
                    help="default: one per socket")
-    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--nodes", type=int, default=None, help="default: the hosts named, or 1")
     p.add_argument("--hosts", help="host:slots,... (horovodrun/mpirun -H)")
     p.add_argument("--hostfile")
     p.add_argument("--mpi", default="pmix", help="srun --mpi= (pmix, pmi2)")
@@ -309,11 +318,40 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max_np", type=int, help="elastic (horovodrun): most ranks to take in")
     p.add_argument("--hosts_file", help="elastic: host:slots lines, re-read while the job runs")
     p.add_argument("--network_interfaces",
-                   help="elastic: the NICs ranks talk over, e.g. eth0 (lo: one machine)")
+                   help="the NICs ranks talk over, e.g. eth0 (lo: one machine); default: the "
+                        "network every host has an address in")
     p.add_argument("--dry_run", action="store_true", help="print the command and env, run nothing")
     p.add_argument("--program", default=None,
                    help="what each rank runs (default: this venv's python train_dist.py)")
     return p
+
+
+def host_names(hosts: Optional[str], hostfile: Optional[str]) -> List[str]:
+    """The hosts of -H host:slots,... or of a hostfile (`host`, `host:N` or `host slots=N`)."""
+    if hosts:
+        return [h.split(":")[0] for h in hosts.split(",") if h]
+    if hostfile:
+        try:
+            with open(hostfile) as f:
+                lines = [ln.split("#")[0].strip() for ln in f]
+        except OSError as e:
+            raise UsageError(f"--hostfile={hostfile}: {e.strerror}") from e
+        return [ln.split()[0].split(":")[0] for ln in lines if ln]
+    return []
+
+
+def _network(args, elastic: Optional[Elastic]) -> Optional[network.Choice]:
+    """The network for a multi-host launch (None on one machine, or under srun/Intel MPI,
+    which choose their own fabric), decided by asking every host."""
+    if args.launcher not in ("horovodrun", "mpirun"):
+        return None
+    if args.sockets is not None or elastic and args.network_interfaces:
+        # A stated topology plans for another machine: its hosts are not asked. Named
+        # interfaces in elastic mode go as they are: its hosts may not all be up yet.
+        return None
+    hosts = ([h for h, _ in elastic.hosts()] if elastic else
+             host_names(args.hosts, args.hostfile))
+    return network.plan_network(hosts or ["localhost"], args.network_interfaces)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -329,8 +367,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             t = topo.read()
         elastic = None
-        if args.network_interfaces and not args.hosts_file:
-            raise UsageError("--network-interfaces is for elastic mode (with --hosts-file)")
         if args.min_np is not None or args.max_np is not None or args.hosts_file:
             if args.hosts_file is None:
                 raise UsageError("elastic mode needs --hosts_file (host:slots lines)")
@@ -339,15 +375,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               os.path.abspath(args.hosts_file), args.network_interfaces)
         # Elastic: -np counts ranks over all hosts; the thread plan is for one host's ranks.
         per_node = elastic.slots_per_host() if elastic else args.ranks_per_node or t.sockets
-        plan = make(t, per_node, args.nodes, openmp=openmp_runtime_present())
+        nodes = args.nodes or len(host_names(args.hosts, args.hostfile)) or 1
+        if elastic is None and args.ranks_per_node is None and args.hosts:
+            per_node = int(args.hosts.split(",")[0].partition(":")[2] or t.sockets)
+        plan = make(t, per_node, nodes, openmp=openmp_runtime_present())
         root = CHECKOUT
         program = (shlex.split(args.program) if args.program else
                    [sys.executable, os.path.join(root, "train_dist.py")]) + train_args
-        cmd = command(plan, args.launcher, program, args.hosts, args.hostfile, args.mpi, elastic)
+        net = _network(args, elastic)
+        cmd = command(plan, args.launcher, program, args.hosts, args.hostfile, args.mpi, elastic,
+                      net)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     print(describe(plan))
+    if net:
+        print(network.describe(net))
     print("env: " + " ".join(f"{k}={v}" for k, v in sorted(plan.env.items())))
     print("command: " + shlex.join(cmd), flush=True)
     if args.dry_run:

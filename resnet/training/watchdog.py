@@ -11,6 +11,7 @@ and ends the rest (the frozen one included); the same command resumes from the l
 """
 
 import os
+import socket
 import sys
 import threading
 import time
@@ -62,7 +63,8 @@ class Watchdog(tf.keras.callbacks.Callback):
                 continue
             idle = time.monotonic() - self._last
             if idle > self.timeout:
-                message = (f"rank {self.rank}: no progress for {idle:.0f} s (--hang_timeout="
+                message = (f"rank {self.rank} on {socket.gethostname()}: no progress for "
+                           f"{idle:.0f} s (--hang_timeout="
                            f"{self.timeout:g}; last: {self._where()}): a rank has frozen or the "
                            "job lost its network. Exiting so the launcher ends the job; run the "
                            "same command to resume from the last checkpoint")

@@ -1,0 +1,199 @@
+"""The job across hosts: an emulated cluster of 3 (tests/netcluster.py: network namespaces with
+their own hostnames and sshd, on one bridge), every rank started over ssh by the real
+launchers, as on a cluster. Each host sees the same files (the checkout, the data), as over NFS.
+
+Every rank shares this machine's 2 cores with the others, so these tests prove placement, the
+network and failures, not speed (benchmarks/allreduce.py measures the network, isolated).
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import netcluster
+from conftest import ROOT
+from resnet.training import checkpoints
+
+pytestmark = pytest.mark.slow
+
+MPIRUN = os.path.join(ROOT, "launch", "mpirun.sh")
+HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+PYTHON = sys.executable
+TRAIN = os.path.join(ROOT, "train_dist.py")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    why = netcluster.unavailable()
+    if why:
+        pytest.skip(f"no emulated cluster here: {why}")
+    c = netcluster.Cluster(hosts=3).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def _job_flags(image_tar, model_dir, *extra):
+    return [f"--data_dir={image_tar}", f"--model_dir={model_dir}", "--weights=none",
+            "--image_size=32", "--batch_size=8", "--learning_rate=0.001", "--log_every_steps=1",
+            *extra]
+
+
+def _env(cluster):
+    return cluster.env(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+
+
+def _placement(log):
+    """(rank, host) of each row of the start-up placement table."""
+    return re.findall(r"^(?:\[[^\]]*\]<stderr>:)?\s*(\d+)\s+(node\d)\s+\d+\s+\d+\s+\d+\s+[\d,-]+$",
+                      log, re.M)
+
+
+def test_mpirun_script_puts_a_rank_on_each_host_over_the_shared_network(cluster, tmp_path,
+                                                                        image_tar):
+    model_dir = tmp_path / "m"
+    proc = cluster.run("node1", [MPIRUN, "--nodes", "2", "--ranks_per_node", "1", "--hosts",
+                                 "node1:1,node2:1", "--"] +
+                       _job_flags(image_tar, model_dir, "--epochs=1"), cwd=ROOT,
+                       env=_env(cluster), timeout=600)
+    log = proc.stdout + proc.stderr
+    assert _placement(log) == [("0", "node1"), ("1", "node2")], log[-3000:]
+    assert "network: 10.77.0.0/24 (eth0): the network every host has an address in" in log
+    assert "btl_tcp_if_include 10.77.0.0/24" in log
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["test_examples"] == 40
+
+
+def test_plain_horovodrun_across_hosts_then_eval_on_two_hosts_equals_one_process(
+        cluster, tmp_path, image_tar):
+    model_dir = tmp_path / "m"
+    # As users type it: no launch script, horovodrun's own ssh checks and interface probe.
+    cluster.run("node1", [HOROVODRUN, "-np", "2", "-H", "node1:1,node2:1", PYTHON, TRAIN] +
+                _job_flags(image_tar, model_dir, "--epochs=1"), cwd=ROOT, env=_env(cluster),
+                timeout=600)
+    trained = json.loads((model_dir / "metrics.json").read_text())
+    assert trained["world_size"] == 2
+    results = {}
+    for ranks, host, cmd in [
+            (2, "node2", [HOROVODRUN, "-np", "2", "-H", "node2:1,node3:1", PYTHON, TRAIN]),
+            (1, "node3", [PYTHON, TRAIN])]:
+        proc = cluster.run(host, cmd + _job_flags(image_tar, model_dir, "--eval_only"), cwd=ROOT,
+                           env=_env(cluster), timeout=600)
+        if ranks == 2:
+            assert _placement(proc.stdout + proc.stderr) == [("0", "node2"), ("1", "node3")]
+        results[ranks] = json.loads((model_dir / "metrics.json").read_text())
+        assert results[ranks]["mode"] == "eval_only" and results[ranks]["world_size"] == ranks
+    one, two = results[1], results[2]
+    predicted = [sum(col) for col in zip(*one["confusion_matrix"])]
+    assert sum(1 for c in predicted if c) >= 2, one["confusion_matrix"]  # not a constant model
+    assert one["test_accuracy"] == two["test_accuracy"]
+    assert one["confusion_matrix"] == two["confusion_matrix"]
+
+
+def test_a_host_with_an_interface_the_others_cannot_reach(cluster, tmp_path, image_tar):
+    """node1 gets eth1 on 10.88.0.0/24, which node2 routes to but cannot reach (node1 answers
+    ARP only on the interface that holds an address): an MPI that tried eth1 would wait."""
+    ns1, ns2 = cluster.ns("node1"), cluster.ns("node2")
+    # A veth pair with both ends in node1: an interface that leads nowhere else.
+    netcluster._sh(["ip", "-n", ns1, "link", "add", "eth1", "type", "veth", "peer", "name",
+                    "eth1p"])
+    try:
+        netcluster._sh(["ip", "-n", ns1, "link", "set", "eth1p", "up"])
+        netcluster._sh(["ip", "-n", ns1, "addr", "add", "10.88.0.1/24", "dev", "eth1"])
+        netcluster._sh(["ip", "-n", ns1, "link", "set", "eth1", "up"])
+        netcluster._sh(["ip", "netns", "exec", ns1, "sysctl", "-qw",
+                        "net.ipv4.conf.all.arp_ignore=1"])
+        netcluster._sh(["ip", "-n", ns2, "route", "add", "10.88.0.0/24", "dev", "eth0"])
+        model_dir = tmp_path / "m"
+        started = time.time()
+        proc = cluster.run("node1", [MPIRUN, "--nodes", "2", "--ranks_per_node", "1",
+                                     "--hosts", "node1:1,node2:1", "--"] +
+                           _job_flags(image_tar, model_dir, "--epochs=1"), cwd=ROOT,
+                           env=_env(cluster), timeout=600)
+        log = proc.stdout + proc.stderr
+        assert ("network: 10.77.0.0/24 (eth0): the network every host has an address in; "
+                "not shared, so left out: eth1 (10.88.0.0/24)") in log
+        assert "oob_tcp_if_include 10.77.0.0/24" in log
+        assert json.loads((model_dir / "metrics.json").read_text())["world_size"] == 2
+        assert time.time() - started < 400
+        # Named instead: a name the other host lacks is refused before anything starts.
+        proc = cluster.run("node1", [os.path.join(ROOT, "launch", "horovodrun.sh"), "-H",
+                                     "node1:1,node2:1", "--network-interfaces", "eth1",
+                                     "--dry_run"], cwd=ROOT, env=_env(cluster), check=False,
+                           timeout=120)
+        assert proc.returncode == 2 and "--network-interfaces=eth1: node2 has no eth1" in \
+            proc.stderr, proc.stdout + proc.stderr
+    finally:
+        subprocess.run(["ip", "-n", ns1, "link", "del", "eth1"], capture_output=True, timeout=30)
+        subprocess.run(["ip", "-n", ns2, "route", "del", "10.88.0.0/24"], capture_output=True,
+                       timeout=30)
+        subprocess.run(["ip", "netns", "exec", ns1, "sysctl", "-qw",
+                        "net.ipv4.conf.all.arp_ignore=0"], capture_output=True, timeout=30)
+
+
+def test_an_unreachable_host_at_start_is_a_clear_error_not_a_hang(cluster):
+    cluster.cut("node3")
+    try:
+        started = time.time()
+        proc = cluster.run("node1", [MPIRUN, "--nodes", "2", "--ranks_per_node", "1", "--hosts",
+                                     "node1:1,node3:1", "--", "--epochs=1"], cwd=ROOT,
+                           env=_env(cluster), check=False, timeout=120)
+        took = time.time() - started
+    finally:
+        cluster.heal("node3")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "host node3: " in proc.stderr and "ssh" in proc.stderr, proc.stderr
+    assert took < 60, took
+
+
+def test_a_link_cut_mid_epoch_ends_the_job_and_the_same_command_resumes(cluster, tmp_path,
+                                                                         image_tar):
+    model_dir = tmp_path / "m"
+    cmd = [MPIRUN, "--nodes", "2", "--ranks_per_node", "1", "--hosts", "node1:1,node2:1",
+           "--"] + _job_flags(image_tar, model_dir, "--epochs=2", "--hang_timeout=20")
+    proc = cluster.popen("node1", cmd, cwd=ROOT, env=_env(cluster), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+    try:
+        for line in proc.stdout:  # epoch 1's checkpoint is on disk once epoch 2 steps
+            seen.append(line)
+            if "epoch 2/2 step 1/" in line:
+                break
+        cluster.cut("node2")
+        cut_at = time.time()
+        healer = threading.Timer(30, cluster.heal, ["node2"])  # the link is back after 30 s
+        healer.start()
+        try:
+            rest = proc.communicate(timeout=240)[0]
+            ended = time.time() - cut_at
+        finally:
+            healer.join()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    log = "".join(seen) + rest
+    assert proc.returncode != 0, log[-3000:]
+    assert ended < 150, ended  # the watchdog's 20 s, the link's 30 s, mpirun's clean-up
+    # Who was lost: the watchdog names the rank and its host, Open MPI the host it lost.
+    assert re.search(r"rank \d on node\d: no progress for", log), log[-3000:]
+    names = checkpoints.all_names(str(model_dir))
+    assert "ckpt-0001-000000" in names
+    for name in names:  # every checkpoint written is whole
+        assert checkpoints.verify(os.path.join(checkpoints.directory(str(model_dir)), name)) \
+            is None
+    assert not (model_dir / "metrics.json").exists()
+    # The same command again resumes from epoch 1's checkpoint and finishes.
+    proc = cluster.run("node1", cmd, cwd=ROOT, env=_env(cluster), timeout=600)
+    log = proc.stdout + proc.stderr
+    assert "resuming from" in log and "epoch 2, step 0" in log, log[-3000:]
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert [r["epoch"] for r in metrics["history"]] == [1, 2]
