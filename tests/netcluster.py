@@ -1,7 +1,7 @@
 """An emulated cluster on this one machine, for tests that need ranks on several hosts.
 
 Each host is a Linux network namespace with its own hostname (a UTS namespace), its own
-/etc/hosts (`ip netns exec` binds /etc/netns/<ns>/hosts over it) and an sshd, so Open MPI and
+/etc/hosts (bound over /etc/hosts in a mount namespace of its own) and an sshd, so Open MPI and
 horovodrun start remote ranks over ssh exactly as on a cluster. The hosts' eth0 are veth pairs
 joined by a bridge in a namespace of its own (the switch); each eth0 can be shaped (tc tbf: a
 rate) and cut (its switch port down). The file system is shared, as NFS would be.
@@ -159,9 +159,14 @@ class Cluster:
                     "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
                     "LogLevel ERROR\nMaxStartups 100\nMaxSessions 100\n")
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation directory
-        # unshare --uts: this host's own hostname, inherited by every session sshd starts.
-        _sh(["ip", "netns", "exec", self.ns(host), "unshare", "--uts", "sh", "-c",
-             f"hostname {host} && exec /usr/sbin/sshd -f {config}"])
+        # Into the host's network namespace, then a mount and a UTS namespace of its own: its
+        # /etc/hosts and hostname, inherited by every session sshd starts. Not `ip netns exec`,
+        # which also mounts a fresh /sys and so hides the cgroup file systems slurmd needs.
+        hosts = os.path.join("/etc/netns", self.ns(host), "hosts")
+        _sh(["nsenter", f"--net=/var/run/netns/{self.ns(host)}", "--", "unshare", "--mount",
+             "--uts", "--propagation", "private", "sh", "-c",
+             f"mount --bind {hosts} /etc/hosts && hostname {host} && "
+             f"exec /usr/sbin/sshd -f {config}"])
         for _ in range(100):
             try:
                 self.sshd_pids[host] = int(open(pid_file).read())

@@ -61,6 +61,28 @@ class Cluster:
         self.env = dict(os.environ, SLURM_CONF=self.conf)
         self.host = socket.gethostname().split(".")[0]
         self.started_munge = False
+        self._per_node = ""  # the multi-node cluster's daemons' files: one per node (%n)
+
+    def _client(self, cmd, cwd=None, timeout=60) -> subprocess.CompletedProcess:
+        """A Slurm client command (sinfo, sbatch, scontrol) where it reaches slurmctld."""
+        return subprocess.run(cmd, cwd=cwd, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def _daemons(self) -> None:
+        subprocess.run(["slurmctld", "-f", self.conf], check=True, env=self.env, timeout=60)
+        subprocess.run(["slurmd", "-f", self.conf], check=True, env=self.env, timeout=60)
+
+    def _pid_files(self):
+        return [os.path.join(self.dir, f) for f in ("slurmd.pid", "slurmctld.pid")]
+
+    def _nodes_conf(self, cpus, sockets, cores, threads, mem_mb) -> str:
+        return (f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} Sockets={sockets} "
+                f"CoresPerSocket={cores} ThreadsPerCore={threads} RealMemory={mem_mb} "
+                f"State=UNKNOWN\nPartitionName=debug Nodes={self.host} Default=YES "
+                "MaxTime=INFINITE State=UP OverSubscribe=NO\n")
+
+    def _controller(self) -> str:
+        return f"{self.host}(127.0.0.1)"
 
     def _write_conf(self):
         cpus = os.cpu_count()
@@ -71,21 +93,22 @@ class Cluster:
         cores = len({r for r in rows}) // sockets or cpus
         threads = max(1, cpus // (sockets * cores))
         mem_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 - 1024
-        for sub in ("state", "spool"):
+        for sub in ("state", "spool", "tmp"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
         with open(self.conf, "w") as f:
             f.write(f"""ClusterName=resnettest
-SlurmctldHost={self.host}(127.0.0.1)
+SlurmctldHost={self._controller()}
 SlurmctldPort=16817
 SlurmdPort=16818
 SlurmUser=root
 AuthType=auth/munge
 StateSaveLocation={self.dir}/state
-SlurmdSpoolDir={self.dir}/spool
+SlurmdSpoolDir={self.dir}/spool{self._per_node}
 SlurmctldPidFile={self.dir}/slurmctld.pid
-SlurmdPidFile={self.dir}/slurmd.pid
+SlurmdPidFile={self.dir}/slurmd{self._per_node}.pid
 SlurmctldLogFile={self.dir}/slurmctld.log
-SlurmdLogFile={self.dir}/slurmd.log
+SlurmdLogFile={self.dir}/slurmd{self._per_node}.log
+TmpFS={self.dir}/tmp{self._per_node}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/affinity
 SelectType=select/cons_tres
@@ -98,28 +121,24 @@ KillWait=30
 MinJobAge=3600
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} Sockets={sockets} CoresPerSocket={cores} ThreadsPerCore={threads} RealMemory={mem_mb} State=UNKNOWN
-PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
-""")
+""" + self._nodes_conf(cpus, sockets, cores, threads, mem_mb))
 
     def start(self):
         self.started_munge = _start_munge()
         self._write_conf()
-        subprocess.run(["slurmctld", "-f", self.conf], check=True, env=self.env, timeout=60)
-        subprocess.run(["slurmd", "-f", self.conf], check=True, env=self.env, timeout=60)
+        self._daemons()
         deadline = time.time() + 60
         while time.time() < deadline:
-            state = subprocess.run(["sinfo", "-h", "-o", "%T"], env=self.env,
-                                   capture_output=True, text=True, timeout=30).stdout.strip()
-            if state == "idle":
+            states = self._client(["sinfo", "-h", "-N", "-o", "%T"], timeout=30).stdout.split()
+            if states and all(s == "idle" for s in states):
                 return self
             time.sleep(0.5)
-        raise RuntimeError(f"slurm node not idle after 60 s (state {state!r}); see "
-                           f"{self.dir}/slurmctld.log and slurmd.log")
+        raise RuntimeError(f"slurm nodes not idle after 60 s (states {states!r}); see "
+                           f"{self.dir}/slurmctld.log and slurmd*.log")
 
     def stop(self):
-        subprocess.run(["scontrol", "shutdown"], env=self.env, capture_output=True, timeout=60)
-        pid_files = [os.path.join(self.dir, f) for f in ("slurmd.pid", "slurmctld.pid")]
+        self._client(["scontrol", "shutdown"])
+        pid_files = self._pid_files()
         if self.started_munge:  # a munged that was already running is left alone
             pid_files.append(MUNGE_PID)
         for path in pid_files:
@@ -129,13 +148,13 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP Over
                 pass
 
     def sbatch(self, args, cwd):
-        out = subprocess.run(["sbatch", "--parsable"] + list(args), cwd=cwd, env=self.env,
-                             capture_output=True, text=True, check=True, timeout=60).stdout
-        return out.strip().split(";")[0]
+        out = self._client(["sbatch", "--parsable"] + list(args), cwd=cwd)
+        if out.returncode:
+            raise RuntimeError(f"sbatch {' '.join(args)}: {out.stderr.strip()}")
+        return out.stdout.strip().split(";")[0]
 
     def job(self, job_id) -> dict:
-        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], env=self.env,
-                             capture_output=True, text=True, timeout=60).stdout
+        out = self._client(["scontrol", "show", "job", "-o", job_id]).stdout
         return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
 
     def wait(self, job_id, timeout=900, until=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",
@@ -148,3 +167,43 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP Over
             time.sleep(2)
         raise TimeoutError(f"job {job_id} still {self.job(job_id).get('JobState')} after "
                            f"{timeout} s")
+
+
+class MultiNode(Cluster):
+    """slurmctld on the first host of a netcluster.Cluster and a slurmd on each, inside the
+    hosts' namespaces under their own NodeNames: jobs span hosts as on a real cluster. Client
+    commands run on the first host (where slurmctld's address is)."""
+
+    def __init__(self, workdir: str, net):
+        super().__init__(workdir)
+        self.net = net
+        self.host = net.names[0]
+        self._per_node = "-%n"
+
+    def _controller(self) -> str:
+        return f"{self.host}({self.net.address(self.host)})"
+
+    def _nodes_conf(self, cpus, sockets, cores, threads, mem_mb) -> str:
+        # Every host is this machine: each claims all its CPUs, as a node claims its own.
+        nodes = "".join(f"NodeName={h} NodeAddr={self.net.address(h)} CPUs={cpus} "
+                        f"Sockets={sockets} CoresPerSocket={cores} ThreadsPerCore={threads} "
+                        f"RealMemory={mem_mb // len(self.net.names)} State=UNKNOWN\n"
+                        for h in self.net.names)
+        return nodes + (f"PartitionName=debug Nodes={','.join(self.net.names)} Default=YES "
+                        "MaxTime=INFINITE State=UP OverSubscribe=NO\n")
+
+    def _client(self, cmd, cwd=None, timeout=60) -> subprocess.CompletedProcess:
+        return self.net.run(self.host, cmd, cwd=cwd, env=self.env, timeout=timeout, check=False)
+
+    def _daemons(self) -> None:
+        self.net.run(self.host, ["slurmctld", "-f", self.conf], env=self.env, timeout=60)
+        for h in self.net.names:
+            # One /tmp per node for what slurmstepd keeps there (PMIx's client directories are
+            # named by job and step only: two nodes on one file system would collide).
+            for sub in ("spool", "tmp"):
+                os.makedirs(os.path.join(self.dir, f"{sub}-{h}"), exist_ok=True)
+            self.net.run(h, ["slurmd", "-f", self.conf, "-N", h], env=self.env, timeout=60)
+
+    def _pid_files(self):
+        return ([os.path.join(self.dir, f"slurmd-{h}.pid") for h in self.net.names] +
+                [os.path.join(self.dir, "slurmctld.pid")])

@@ -18,6 +18,7 @@ import time
 import pytest
 
 import netcluster
+import slurm_cluster
 from conftest import ROOT
 from resnet.training import checkpoints
 
@@ -197,3 +198,78 @@ def test_a_link_cut_mid_epoch_ends_the_job_and_the_same_command_resumes(cluster,
     assert "resuming from" in log and "epoch 2, step 0" in log, log[-3000:]
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert [r["epoch"] for r in metrics["history"]] == [1, 2]
+
+
+# --- Slurm across hosts -------------------------------------------------------------------------
+
+MULTINODE = os.path.join(ROOT, "launch", "slurm_multinode.sbatch")
+
+
+@pytest.fixture(scope="module")
+def slurm(cluster, tmp_path_factory):
+    """slurmctld on node1, a slurmd on node1 and node2 (node3 stays out of it)."""
+    reason = slurm_cluster.ensure_installed()
+    if reason:
+        pytest.skip(reason)
+    two = netcluster.Cluster.__new__(netcluster.Cluster)  # the same hosts, the first two only
+    two.__dict__.update(cluster.__dict__, names=cluster.names[:2])
+    s = slurm_cluster.MultiNode(str(tmp_path_factory.mktemp("slurm2")), two)
+    s.env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+def _sbatch(slurm, tmp_path, name, model_dir, image_tar, *flags, launcher="srun"):
+    out = tmp_path / f"{name}.out"
+    job = slurm.sbatch(["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=2",
+                        f"--export=ALL,LAUNCHER={launcher}", f"--output={out}", MULTINODE,
+                        str(model_dir)] + [f for f in _job_flags(image_tar, model_dir, *flags)
+                                           if not f.startswith("--model_dir")],
+                       cwd=ROOT)
+    return job, out
+
+
+def test_slurm_job_spans_two_nodes_with_srun_and_resumes_with_mpirun(slurm, tmp_path,
+                                                                      image_tar):
+    model_dir = tmp_path / "m"
+    job, out = _sbatch(slurm, tmp_path, "srun", model_dir, image_tar, "--epochs=1")
+    info = slurm.wait(job, timeout=900)
+    log = out.read_text()
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-3000:]
+    assert "command: srun --ntasks=2 --ntasks-per-node=1 --cpus-per-task=2" in log
+    assert _placement(log) == [("0", "node1"), ("1", "node2")], log[-3000:]
+    # Resubmitted under mpirun (Open MPI reads the allocation): it resumes where srun ended.
+    job, out = _sbatch(slurm, tmp_path, "mpirun", model_dir, image_tar, "--epochs=2",
+                       launcher="mpirun")
+    info = slurm.wait(job, timeout=900)
+    log = out.read_text()
+    assert info["JobState"] == "COMPLETED", log[-3000:]
+    assert "command: mpirun -np 2 --map-by ppr:1:node:pe=2" in log
+    assert _placement(log) == [("0", "node1"), ("1", "node2")], log[-3000:]
+    assert "resuming from" in log and "epoch 2, step 0" in log
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2] and metrics["world_size"] == 2
+
+
+def test_slurm_preemption_across_nodes_checkpoints_requeues_and_resumes(slurm, tmp_path,
+                                                                        image_tar):
+    model_dir = tmp_path / "m"
+    job, out = _sbatch(slurm, tmp_path, "preempt", model_dir, image_tar, "--epochs=2")
+    deadline = time.time() + 600
+    while "epoch 1/2 step 2/" not in (out.read_text() if out.exists() else ""):
+        assert time.time() < deadline, "training never started"
+        assert slurm.job(job).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING")
+        time.sleep(1)
+    # What Slurm does 120 s before the time limit (#SBATCH --signal=B:USR1@120).
+    got = slurm._client(["scancel", "--signal=USR1", "--batch", job])
+    assert got.returncode == 0, got.stderr
+    info = slurm.wait(job, timeout=1200, until=("COMPLETED", "FAILED", "CANCELLED"))
+    log = out.read_text()
+    assert info["JobState"] == "COMPLETED", log[-4000:]
+    assert f"requeueing job {job}" in log and "resuming from" in log
+    assert int(info.get("Restarts", "0")) == 1
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
