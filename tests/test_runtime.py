@@ -7,6 +7,8 @@ import pytest
 from absl import logging
 
 from resnet.errors import UsageError
+from resnet.launch import plan as plan_lib
+from resnet.launch import slurm, topology
 from resnet.runtime import placement, threads, world as world_lib
 
 
@@ -39,24 +41,58 @@ def test_placement_table_warns_only_about_ranks_sharing_cpus_on_one_host():
     assert "WARNING: ranks 0 and 1 on n share CPU(s) 2:" in shared
 
 
-def test_thread_counts_flag_then_launch_plan_then_cpus(monkeypatch):
-    cpus = len(os.sched_getaffinity(0))
+def test_thread_counts_flag_then_launcher_then_own_cores(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("TF_NUM_INTEROP_THREADS", raising=False)
-    assert threads.thread_counts() == (cpus, threads.inter_op_threads(cpus))
+    ht_socket = topology.Topology(1, 28, 2)  # bound to one socket of 28 cores, 56 threads
+    assert threads.thread_counts(topology=ht_socket) == (28, 2)  # siblings counted once
+    assert threads.thread_counts(topology=topology.Topology(1, 1, 1)) == (1, 1)
+    here = topology.read()
+    assert threads.thread_counts() == threads.thread_counts(topology=here)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert threads.thread_counts() == (1, 1)  # a one-core rank: one inter-op thread
+    assert threads.thread_counts(topology=ht_socket) == (1, 1)  # a one-core rank: one inter-op
     monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "3")
-    assert threads.thread_counts() == (1, 3)
+    assert threads.thread_counts(topology=ht_socket) == (1, 3)
     assert threads.thread_counts(intra=4, inter=2) == (4, 2)
     monkeypatch.setenv("OMP_NUM_THREADS", "junk")  # unreadable: as if unset
-    assert threads.thread_counts()[0] == cpus
+    assert threads.thread_counts(topology=ht_socket)[0] == 28
 
 
 def test_inter_op_rule():
     assert [threads.inter_op_threads(c) for c in (1, 2, 8, 56)] == [1, 2, 2, 2]
     assert threads.inter_op_threads(28, sockets=2) == 2
     assert threads.inter_op_threads(56, sockets=4) == 4
+
+
+# (topology, ranks per node): hyper-threaded two-socket nodes, where Slurm's --cpus-per-task
+# counts logical CPUs, and nodes without hyper-threading, where a rank of 8+ cores keeps one spare.
+NODES = [(topology.Topology(2, 28, 2), 2), (topology.Topology(2, 28, 2), 4),
+         (topology.Topology(2, 28, 1), 2), (topology.Topology(2, 16, 2), 8),
+         (topology.Topology(1, 2, 1), 2), (topology.Topology(1, 2, 1), 1),
+         (topology.Topology(2, 4, 1), 2)]
+
+
+@pytest.mark.parametrize("node, ranks", NODES)
+def test_every_launcher_gives_a_rank_the_same_threads(monkeypatch, node, ranks):
+    """The launch plan (horovodrun, mpirun), the Slurm plan and a process started alone on the
+    rank's cores: the same node and ranks, the same threads and the same exported variables."""
+    plan = plan_lib.make(node, ranks)
+    by_plan = (plan.intra_op_threads, plan.inter_op_threads)
+    cpus_per_task = node.physical_cores * node.threads_per_core // ranks  # logical, as Slurm
+    _, slurm_env = slurm.plan({"SLURM_JOB_ID": "1", "SLURM_NNODES": "1",
+                               "SLURM_NTASKS_PER_NODE": str(ranks),
+                               "SLURM_CPUS_PER_TASK": str(cpus_per_task)}, "/m", [], "srun",
+                              "python", "train_dist.py", threads_per_core=node.threads_per_core)
+    by_slurm = (int(slurm_env["OMP_NUM_THREADS"]), int(slurm_env["TF_NUM_INTEROP_THREADS"]))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("TF_NUM_INTEROP_THREADS", raising=False)
+    sockets = plan.sockets_per_rank
+    own = topology.Topology(sockets, plan.cores_per_rank // sockets, node.threads_per_core)
+    alone = threads.thread_counts(topology=own)
+    # Only a rank spanning sockets differs, and only in Slurm (which knows no sockets per task).
+    assert by_plan == alone == (by_slurm if sockets == 1 else by_plan), (by_plan, by_slurm, alone)
+    for key in ("OMP_NUM_THREADS", "TF_NUM_INTEROP_THREADS"):
+        assert plan.env[key] == slurm_env[key] or sockets > 1
 
 
 def test_chief_decides_returns_or_raises_on_a_world_of_one():

@@ -7,14 +7,9 @@ launch/ only call `python -m resnet.launch.plan ...`, which prints the plan and 
 Why the numbers are what they are (Intel's TensorFlow/Horovod CPU recipes, and measurement):
 - Ranks are spread evenly over sockets and bound to whole physical cores, so a rank's threads
   never leave its socket's memory (NUMA) and never share a core with another rank.
-- intra-op threads = the rank's physical cores: oneDNN's convolutions are compute-bound and a
-  hyper-thread sibling adds nothing to them. With 8+ cores per rank and no hyper-threading, one
-  core is left to Horovod's background thread and tf.data (a stalled allreduce costs more than
-  1/8 of the compute); with hyper-threading the spare sibling threads host them for free.
-- inter-op threads = 2 for a rank of 2+ cores (1 per socket it spans if that is more), 1 for a
-  one-core rank: two ops in flight overlap the backward pass's independent gradient ops. Measured
-  at 1 rank x 2 cores: 111 images/s with 2 against 94 with 1 (+17%, interleaved runs,
-  BENCHMARKS.md); larger counts could not be measured on this 2-core machine.
+- Threads: resnet.runtime.threads.for_rank, the one rule every launcher applies (intra-op =
+  the rank's physical cores, one left spare from 8 without hyper-threading; inter-op 2, or 1
+  for a one-core rank): its docstring says why.
 - OMP_NUM_THREADS = intra-op threads: OpenMP builds of TensorFlow (Intel's) size their pool from
   it, and train_dist.py reads it as the intra-op default. KMP_AFFINITY/KMP_BLOCKTIME only matter
   where Intel's OpenMP runtime is loaded; stock tensorflow-cpu uses Eigen's threads, and there
@@ -34,10 +29,9 @@ from resnet.launch import discovery, network
 from resnet.launch import topology as topo
 from resnet.errors import EXIT_USAGE, UsageError
 from resnet.launch import CHECKOUT
-from resnet.runtime.threads import inter_op_threads
+from resnet.runtime import threads
 
 LAUNCHERS = ("horovodrun", "mpirun", "srun", "intel-mpirun")
-SPARE_CORE_FROM = 8  # cores per rank from which one is left to Horovod and tf.data (no HT)
 # A rank that hangs (stuck I/O, a stopped process) stalls every allreduce. Horovod names the
 # missing ranks after a minute and, with a shutdown time, ends the job instead of hanging forever.
 STALL_ENV = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
@@ -120,12 +114,10 @@ def make(t: topo.Topology, ranks_per_node: int, nodes: int = 1, openmp: bool = F
         cores_per_rank = t.cores_per_socket * sockets_per_rank
         notes.append(f"each rank spans {sockets_per_rank} sockets: memory traffic crosses "
                      "sockets; one rank per socket is usually faster")
-    if cores_per_rank >= SPARE_CORE_FROM and t.threads_per_core == 1:
-        intra = cores_per_rank - 1
+    rank = threads.for_rank(cores_per_rank, sockets_per_rank, t.threads_per_core)
+    intra, inter = rank.intra, rank.inter
+    if rank.spare_core:
         notes.append("one core per rank left to Horovod's background thread and tf.data")
-    else:
-        intra = cores_per_rank
-    inter = inter_op_threads(cores_per_rank, sockets_per_rank)
     slots = []
     for r in range(ranks_per_node):
         if per_socket:
@@ -136,8 +128,7 @@ def make(t: topo.Topology, ranks_per_node: int, nodes: int = 1, openmp: bool = F
             first = r * cores_per_rank
             sockets = tuple(range(r * sockets_per_rank, (r + 1) * sockets_per_rank))
         slots.append(RankSlot(r, sockets, tuple(range(first, first + cores_per_rank))))
-    env = {"OMP_NUM_THREADS": str(intra), "TF_NUM_INTEROP_THREADS": str(inter),
-           "TF_ENABLE_ONEDNN_OPTS": "1", **STALL_ENV, **COMM_ENV}
+    env = {**rank.env(), "TF_ENABLE_ONEDNN_OPTS": "1", **STALL_ENV, **COMM_ENV}
     if openmp:
         env["KMP_AFFINITY"] = ("granularity=fine,compact,1,0" if t.threads_per_core > 1
                                else "granularity=fine,compact")

@@ -19,7 +19,8 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 from resnet.errors import EXIT_REQUEUE, EXIT_USAGE, UsageError
 from resnet.launch import CHECKOUT
 from resnet.launch.plan import COMM_ENV, STALL_ENV, launch_env, open_mpi
-from resnet.runtime.threads import inter_op_threads
+from resnet.launch import topology
+from resnet.runtime import threads
 
 LAUNCHERS = ("srun", "mpirun")
 
@@ -49,10 +50,10 @@ def plan(env: Mapping[str, str], model_dir: str, train_args: Sequence[str], laun
     cpus = _int(env, "SLURM_CPUS_PER_TASK", 1)
     if cpus < 1 or per_node < 1:
         raise UsageError(f"--cpus-per-task={cpus} --ntasks-per-node={per_node}: need at least 1")
-    # Slurm counts logical CPUs; oneDNN wants one thread per physical core.
+    # Slurm counts logical CPUs; the rule counts physical cores (hyper-thread siblings once).
     cores = max(1, cpus // threads_per_core)
-    extra = {"OMP_NUM_THREADS": str(cores), "TF_NUM_INTEROP_THREADS": str(inter_op_threads(cores)),
-             "TF_ENABLE_ONEDNN_OPTS": "1", **STALL_ENV, **COMM_ENV}
+    rank = threads.for_rank(cores, 1, threads_per_core)
+    extra = {**rank.env(), "TF_ENABLE_ONEDNN_OPTS": "1", **STALL_ENV, **COMM_ENV}
     program = [python, train_script, f"--model_dir={model_dir}"] + list(train_args)
     n = nodes * per_node
     if launcher == "srun":
@@ -81,7 +82,8 @@ def main(argv=None) -> int:
     root = CHECKOUT
     try:
         cmd, extra = plan(os.environ, os.path.abspath(args.model_dir), train_args, args.launcher,
-                          sys.executable, os.path.join(root, "train_dist.py"), args.mpi)
+                          sys.executable, os.path.join(root, "train_dist.py"), args.mpi,
+                          topology.read().threads_per_core)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
