@@ -5,6 +5,7 @@ import os
 import sys
 import time
 
+import resnet  # noqa: F401  (before TensorFlow: tf.keras is Keras 2, as in the job)
 import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""The job across hosts: an emulated cluster of 3 (tests/netcluster.py: network namespaces with
+"""The job across hosts: an emulated cluster of 3 (tools/netcluster.py: network namespaces with
 their own hostnames and sshd, on one bridge), every rank started over ssh by the real
 launchers, as on a cluster. Each host sees the same files (the checkout, the data), as over NFS.
 

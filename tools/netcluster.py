@@ -13,7 +13,7 @@ their /etc/netns folders, even when a test failed. Processes run on a host throu
 which enter the host's namespaces with nsenter and keep this process's environment; ssh between
 hosts goes through a wrapper (first on PATH) that uses this cluster's key and config.
 
-  python tests/netcluster.py --hosts 2      # start one by hand; Ctrl-C stops and removes it
+  python tools/netcluster.py --hosts 2      # start one by hand; Ctrl-C stops and removes it
 """
 
 import argparse

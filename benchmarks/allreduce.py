@@ -1,0 +1,172 @@
+"""ResNet50's gradient allreduce across emulated hosts, measured alone and held against the
+network model (resnet/launch/cost_model.py).
+
+  .venv/bin/python -m benchmarks.allreduce                       # about 15 minutes, as root
+  .venv/bin/python -m benchmarks.allreduce --rates=1gbit --hosts=2 --rounds=1   # a quick look
+
+An emulated cluster (tools/netcluster.py: 3 network namespaces with sshd, one bridge) with every
+host's link limited by tc tbf to each --rates value. For each setting, horovodrun (Open MPI, as
+the job runs) starts one rank per host, and each rank allreduces tensors of exactly the shapes of
+ResNet50's trainable variables (every stage training: 23.6 M parameters, 90 MiB in float32) as
+DistributedOptimizer does, one Horovod allreduce per gradient inside one tf.function, so Tensor
+Fusion packs them as in training. Nothing else is computed: this machine's 2 cores, which all the
+hosts share, only move bytes. Each setting is timed for --iters allreduces after 2 warm-up ones,
+and the settings run in a new order each round. Raw figures go to bench_out/allreduce.json.
+
+Horovod's levers (fusion threshold, cycle time, hierarchical allreduce, autotune) are measured
+the same way at the slowest rate, on 2 hosts, with --levers.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from benchmarks.common import ROOT
+
+WARMUP = 2
+LEVERS = {  # name: the environment it sets (Horovod 0.28.1 reads each at start-up)
+    "defaults": {},
+    "fusion 0 (no Tensor Fusion)": {"HOROVOD_FUSION_THRESHOLD": "0"},
+    "fusion 16 MiB": {"HOROVOD_FUSION_THRESHOLD": str(16 * 2**20)},
+    "fusion 256 MiB": {"HOROVOD_FUSION_THRESHOLD": str(256 * 2**20)},
+    "cycle time 10 ms": {"HOROVOD_CYCLE_TIME": "10"},
+    "hierarchical allreduce": {"HOROVOD_HIERARCHICAL_ALLREDUCE": "1"},
+    "autotune": {"HOROVOD_AUTOTUNE": "1"},
+}
+
+
+def worker(compression: str, iters: int) -> None:
+    """One rank: allreduce ResNet50's gradient shapes `iters` times; rank 0 prints JSON."""
+    import resnet  # noqa: F401  (tf.keras is Keras 2)
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    from resnet import model as model_lib
+    hvd.init()
+    model = model_lib.build(10, 32, "none", 0)
+    model_lib.set_trainable(model, "full", "conv1")
+    grads = [tf.random.stateless_normal(v.shape, (0, i)) for i, v in
+             enumerate(model.trainable_variables)]
+    comp = hvd.Compression.fp16 if compression == "fp16" else hvd.Compression.none
+
+    @tf.function
+    def allreduce():
+        # Horovod: as DistributedOptimizer does, one allreduce per gradient, averaged.
+        return [hvd.allreduce(g, op=hvd.Average, compression=comp, name=f"grad{i}")
+                for i, g in enumerate(grads)]
+
+    seconds = []
+    for i in range(WARMUP + iters):
+        t = time.perf_counter()
+        out = allreduce()
+        float(out[-1][0])  # the values are here
+        if i >= WARMUP:
+            seconds.append(time.perf_counter() - t)
+    if hvd.rank() == 0:
+        nbytes = sum(int(g.shape.num_elements()) for g in grads) * 4
+        print("RESULT " + json.dumps({"seconds": seconds, "bytes_fp32": nbytes,
+                                      "tensors": len(grads), "ranks": hvd.size()}), flush=True)
+
+
+def _measure(cluster, hosts: int, compression: str, iters: int, env: dict) -> dict:
+    names = cluster.names[:hosts]
+    hr = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+    cmd = [hr, "-np", str(hosts), "-H", ",".join(f"{h}:1" for h in names),
+           "--network-interfaces", "eth0", sys.executable, "-m", "benchmarks.allreduce",
+           "--worker", f"--compression={compression}", f"--iters={iters}"]
+    run_env = cluster.env(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT, OMP_NUM_THREADS="1",
+                          **env)
+    out = cluster.run(names[0], cmd, cwd=ROOT, env=run_env, timeout=1200, check=False)
+    found = [ln for ln in (out.stdout + out.stderr).splitlines() if "RESULT " in ln]
+    if out.returncode or not found:
+        raise RuntimeError(f"{' '.join(cmd)} exited {out.returncode}:\n{out.stderr[-3000:]}")
+    return json.JSONDecoder().raw_decode(found[0].split("RESULT ", 1)[1])[0]
+
+
+def _predicted(hosts: int, nbytes: int, rate: str) -> float:
+    from resnet.launch import cost_model
+    from netcluster import _rate_bits
+    return cost_model.allreduce_seconds(hosts, nbytes, _rate_bits(rate) / 1e9)
+
+
+def run(rates, host_counts, compressions, iters, rounds, levers) -> list:
+    import netcluster
+    why = netcluster.unavailable()
+    if why:
+        raise SystemExit(f"error: {why}")
+    settings = [(r, h, c, "defaults") for r in rates for h in host_counts for c in compressions]
+    if levers:
+        settings += [(rates[0], 2, "none", name) for name in LEVERS if name != "defaults"]
+        settings += [(rates[0], 2, "fp16", "defaults")] * ("fp16" not in compressions)
+    rows = {s: [] for s in settings}
+    with netcluster.Cluster(hosts=max(host_counts)) as cluster:
+        for round_ in range(rounds):
+            order = settings if round_ % 2 == 0 else settings[::-1]
+            for rate, hosts, comp, lever in order:
+                for h in cluster.names:
+                    if rate == "unshaped":
+                        cluster.unshape(h)
+                    else:
+                        cluster.shape(h, rate)
+                got = _measure(cluster, hosts, comp, iters, LEVERS[lever])
+                rows[(rate, hosts, comp, lever)].append(got)
+                print(f"{rate} {hosts} hosts {comp} {lever}: "
+                      f"{statistics.median(got['seconds']):.3f} s", flush=True)
+    out = []
+    for (rate, hosts, comp, lever), got in rows.items():
+        seconds = [s for g in got for s in g["seconds"]]
+        nbytes = got[0]["bytes_fp32"] // (2 if comp == "fp16" else 1)
+        predicted = None if rate == "unshaped" else _predicted(hosts, nbytes, rate)
+        med = statistics.median(seconds)
+        out.append({"rate": rate, "hosts": hosts, "compression": comp, "lever": lever,
+                    "median_s": med, "min_s": min(seconds), "max_s": max(seconds),
+                    "bytes": nbytes, "tensors": got[0]["tensors"], "predicted_s": predicted,
+                    "measured_over_predicted": med / predicted if predicted else None,
+                    "effective_gbit": 2 * (hosts - 1) / hosts * nbytes * 8 / med / 1e9})
+    return out
+
+
+def markdown(rows) -> str:
+    lines = ["| link | hosts | gradients | lever | measured s, median (min-max) | model s | "
+             "measured / model | bus Gb/s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        model = f"{r['predicted_s']:.3f}" if r["predicted_s"] else "-"
+        ratio = f"{r['measured_over_predicted']:.2f}" if r["measured_over_predicted"] else "-"
+        lines.append(f"| {r['rate']} | {r['hosts']} | {'fp16' if r['compression'] == 'fp16' else 'fp32'} "
+                     f"{r['bytes'] / 2**20:.0f} MiB | {r['lever']} | {r['median_s']:.3f} "
+                     f"({r['min_s']:.3f}-{r['max_s']:.3f}) | {model} | {ratio} | "
+                     f"{r['effective_gbit']:.2f} |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(prog="python -m benchmarks.allreduce", description=__doc__)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--compression", default="none", choices=("none", "fp16"))
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--rates", default="1gbit,10gbit,unshaped")
+    p.add_argument("--hosts", default="2,3")
+    p.add_argument("--compressions", default="none,fp16")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--levers", action="store_true")
+    p.add_argument("--out", default=os.path.join(ROOT, "bench_out", "allreduce.json"))
+    a = p.parse_args()
+    if a.worker:
+        return worker(a.compression, a.iters)
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    started = time.time()
+    rows = run(a.rates.split(","), [int(h) for h in a.hosts.split(",")],
+               a.compressions.split(","), a.iters, a.rounds, a.levers)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump({"rows": rows, "minutes": (time.time() - started) / 60,
+                   "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, f, indent=1)
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
