@@ -273,3 +273,114 @@ def test_slurm_preemption_across_nodes_checkpoints_requeues_and_resumes(slurm, t
     assert int(info.get("Restarts", "0")) == 1
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+
+
+# --- Elastic across hosts ----------------------------------------------------------------------
+
+def _pids_on(cluster, host, marker):
+    """PIDs of train_dist.py processes of this test (`marker` in the command line) on `host`."""
+    out = subprocess.run(["ip", "netns", "pids", cluster.ns(host)], capture_output=True,
+                         text=True, timeout=30).stdout.split()
+    pids = []
+    for pid in out:
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if b"train_dist.py" in cmdline and marker.encode() in cmdline:
+            pids.append(int(pid))
+    return pids
+
+
+def _elastic(cluster, tmp_path, image_tar, hosts_text, np_, *extra, env=None):
+    model_dir = tmp_path / "m"
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text(hosts_text)
+    cmd = [os.path.join(ROOT, "launch", "horovodrun.sh"), "-np", str(np_), "--min-np", "2",
+           "--max-np", "3", "--hosts-file", str(hosts), "--"] + _job_flags(
+        image_tar, model_dir, "--batch_size=4", "--epochs=2", "--commit_every_steps=2", *extra)
+    proc = cluster.popen("node1", cmd, cwd=ROOT, env=dict(_env(cluster), **(env or {})),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    return proc, model_dir, hosts
+
+
+def _read_until(proc, pattern, seen, timeout=600):
+    deadline = time.time() + timeout
+    for line in proc.stdout:
+        seen.append(line)
+        if re.search(pattern, line):
+            return
+        assert time.time() < deadline, "".join(seen)[-3000:]
+    raise AssertionError(f"never saw {pattern!r}:\n{''.join(seen)[-3000:]}")
+
+
+def _finish(proc, seen, timeout=900):
+    try:
+        rest = proc.communicate(timeout=timeout)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    return "".join(seen) + rest
+
+
+def _eval_alone_equals(cluster, image_tar, model_dir, trained):
+    cluster.run("node1", [PYTHON, TRAIN] + _job_flags(image_tar, model_dir, "--eval_only"),
+                cwd=ROOT, env=_env(cluster), timeout=600)
+    alone = json.loads((model_dir / "metrics.json").read_text())
+    assert alone["confusion_matrix"] == trained["confusion_matrix"]
+    assert alone["test_accuracy"] == trained["test_accuracy"]
+
+
+def test_elastic_a_host_joins_then_its_rank_is_killed_and_the_others_finish(cluster, tmp_path,
+                                                                            image_tar):
+    proc, model_dir, hosts = _elastic(cluster, tmp_path, image_tar, "node1:1\nnode2:1\n", 2)
+    seen = []
+    try:
+        _read_until(proc, r"epoch 1/2 step 2/", seen)
+        with open(hosts, "a") as f:  # node3 comes up: the discovery script offers it
+            f.write("node3:1\n")
+        _read_until(proc, r"elastic: 3 rank\(s\)", seen)
+        _read_until(proc, r"epoch \d/2 step \d+/", seen)  # node3's rank trains
+        victims = _pids_on(cluster, "node3", str(model_dir))
+        assert len(victims) == 1, victims
+        os.kill(victims[0], signal.SIGKILL)
+        log = _finish(proc, seen)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, log[-6000:]
+    assert re.search(r"elastic: 2 rank\(s\), global batch 8; at epoch 1, 0 of 80", log)
+    back = re.findall(r"elastic: 2 rank\(s\), global batch 8; at epoch (\d), (\d+) of 80", log)
+    assert len(back) >= 2, log[-4000:]  # the start, and the roll-back after node3's rank died
+    trained = json.loads((model_dir / "metrics.json").read_text())
+    assert trained["mode"] == "elastic" and trained["world_size"] == 2
+    _eval_alone_equals(cluster, image_tar, model_dir, trained)
+
+
+def test_elastic_a_host_whose_link_is_cut_is_left_behind(cluster, tmp_path, image_tar):
+    """Horovod Elastic learns that a host is gone when the ssh session to its worker ends: with
+    ssh's defaults (no keep-alives) a silent cut would leave the survivors waiting for that
+    worker (seen here: still waiting after 15 minutes). So ssh keep-alives, as README asks of a
+    cluster's ssh config for elastic runs: the session ends about 15 s after the cut."""
+    keepalive = {"NETCLUSTER_SSH_OPTS": "-o ServerAliveInterval=5 -o ServerAliveCountMax=3"}
+    proc, model_dir, _ = _elastic(cluster, tmp_path, image_tar, "node1:1\nnode2:1\nnode3:1\n", 3,
+                                  env=keepalive)
+    seen = []
+    try:
+        _read_until(proc, r"epoch 1/2 step 2/", seen)
+        cluster.cut("node3")
+        try:
+            log = _finish(proc, seen)
+        finally:
+            cluster.heal("node3")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, log[-6000:]
+    assert re.search(r"elastic: 2 rank\(s\), global batch 8; at epoch 1, \d+ of 80", log), \
+        log[-4000:]
+    trained = json.loads((model_dir / "metrics.json").read_text())
+    assert trained["world_size"] == 2 and trained["history"][-1]["world_size"] == 2
+    _eval_alone_equals(cluster, image_tar, model_dir, trained)

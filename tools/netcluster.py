@@ -65,6 +65,28 @@ def unavailable() -> Optional[str]:
     return None
 
 
+def remove_stale() -> List[str]:
+    """Remove the namespaces of clusters whose owner process is gone (a test run killed before
+    its clean-up): kill what runs in them, delete them. Returns the names removed."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30)
+    removed = []
+    for ns in (line.split()[0] for line in out.stdout.splitlines() if line.strip()):
+        tag = ns.split("-")[0]
+        if not (tag.startswith("rc") and tag[2:].isdigit()) or os.path.exists(f"/proc/{tag[2:]}"):
+            continue
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
+                              timeout=30).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=30)
+        shutil.rmtree(os.path.join("/etc/netns", ns), ignore_errors=True)
+        removed.append(ns)
+    return removed
+
+
 class Cluster:
     """Hosts node1..nodeN on one bridge. start() and stop() bracket its life."""
 
@@ -95,6 +117,10 @@ class Cluster:
     # --- start and stop ----------------------------------------------------------------------
 
     def start(self) -> "Cluster":
+        remove_stale()
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            # A SIGTERM (a CI time-out, a kill) unwinds like Ctrl-C, so stop() still runs.
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             self._keys()
             _sh(["ip", "netns", "add", self.switch])
@@ -146,7 +172,9 @@ class Cluster:
         # config from the passwd home directory, not $HOME, hence -F.
         wrapper = os.path.join(self.bin, "ssh")
         with open(wrapper, "w") as f:
-            f.write(f"#!/bin/sh\nexec /usr/bin/ssh -F {self.dir}/ssh_config \"$@\"\n")
+            # $NETCLUSTER_SSH_OPTS: options a cluster's own ssh config would hold (keep-alives)
+            f.write(f"#!/bin/sh\nexec /usr/bin/ssh -F {self.dir}/ssh_config "
+                    "$NETCLUSTER_SSH_OPTS \"$@\"\n")
         os.chmod(wrapper, 0o755)
 
     def _start_sshd(self, host: str) -> None:
