@@ -58,19 +58,48 @@ def _placement(log):
                       log, re.M)
 
 
-def test_mpirun_script_puts_a_rank_on_each_host_over_the_shared_network(cluster, tmp_path,
-                                                                        image_tar):
-    model_dir = tmp_path / "m"
-    proc = cluster.run("node1", [MPIRUN, "--nodes", "2", "--ranks_per_node", "1", "--hosts",
-                                 "node1:1,node2:1", "--"] +
-                       _job_flags(image_tar, model_dir, "--epochs=1"), cwd=ROOT,
-                       env=_env(cluster), timeout=600)
-    log = proc.stdout + proc.stderr
-    assert _placement(log) == [("0", "node1"), ("1", "node2")], log[-3000:]
-    assert "network: 10.77.0.0/24 (eth0): the network every host has an address in" in log
-    assert "btl_tcp_if_include 10.77.0.0/24" in log
-    metrics = json.loads((model_dir / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["test_examples"] == 40
+def test_mpirun_script_puts_a_rank_on_each_host_over_the_network_they_share(cluster, tmp_path,
+                                                                          image_tar):
+    """node1 also has eth1 on 10.88.0.0/24, which node2 routes to but cannot reach (node1
+    answers ARP only on the interface that holds an address): an MPI that tried eth1 would
+    wait. The plan must leave it out, say so, and the job must run over eth0."""
+    ns1, ns2 = cluster.ns("node1"), cluster.ns("node2")
+    # A veth pair with both ends in node1: an interface that leads nowhere else.
+    netcluster._sh(["ip", "-n", ns1, "link", "add", "eth1", "type", "veth", "peer", "name",
+                    "eth1p"])
+    try:
+        for args in (["ip", "-n", ns1, "link", "set", "eth1p", "up"],
+                     ["ip", "-n", ns1, "addr", "add", "10.88.0.1/24", "dev", "eth1"],
+                     ["ip", "-n", ns1, "link", "set", "eth1", "up"],
+                     ["ip", "netns", "exec", ns1, "sysctl", "-qw",
+                      "net.ipv4.conf.all.arp_ignore=1"],
+                     ["ip", "-n", ns2, "route", "add", "10.88.0.0/24", "dev", "eth0"]):
+            netcluster._sh(args)
+        model_dir = tmp_path / "m"
+        proc = cluster.run("node1", [MPIRUN, "--nodes", "2", "--ranks_per_node", "1",
+                                     "--hosts", "node1:1,node2:1", "--"] +
+                           _job_flags(image_tar, model_dir, "--epochs=1"), cwd=ROOT,
+                           env=_env(cluster), timeout=600)
+        log = proc.stdout + proc.stderr
+        assert _placement(log) == [("0", "node1"), ("1", "node2")], log[-3000:]
+        assert ("network: 10.77.0.0/24 (eth0): the network every host has an address in; "
+                "not shared, so left out: eth1 (10.88.0.0/24)") in log
+        assert "btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24" in log
+        metrics = json.loads((model_dir / "metrics.json").read_text())
+        assert metrics["world_size"] == 2 and metrics["test_examples"] == 40
+        # Named instead: a name the other host lacks is refused before anything starts.
+        proc = cluster.run("node1", [os.path.join(ROOT, "launch", "horovodrun.sh"), "-H",
+                                     "node1:1,node2:1", "--network-interfaces", "eth1",
+                                     "--dry_run"], cwd=ROOT, env=_env(cluster), check=False,
+                           timeout=120)
+        assert proc.returncode == 2 and "--network-interfaces=eth1: node2 has no eth1" in \
+            proc.stderr, proc.stdout + proc.stderr
+    finally:
+        subprocess.run(["ip", "-n", ns1, "link", "del", "eth1"], capture_output=True, timeout=30)
+        subprocess.run(["ip", "-n", ns2, "route", "del", "10.88.0.0/24"], capture_output=True,
+                       timeout=30)
+        subprocess.run(["ip", "netns", "exec", ns1, "sysctl", "-qw",
+                        "net.ipv4.conf.all.arp_ignore=0"], capture_output=True, timeout=30)
 
 
 def test_plain_horovodrun_across_hosts_then_eval_on_two_hosts_equals_one_process(
@@ -97,47 +126,6 @@ def test_plain_horovodrun_across_hosts_then_eval_on_two_hosts_equals_one_process
     assert sum(1 for c in predicted if c) >= 2, one["confusion_matrix"]  # not a constant model
     assert one["test_accuracy"] == two["test_accuracy"]
     assert one["confusion_matrix"] == two["confusion_matrix"]
-
-
-def test_a_host_with_an_interface_the_others_cannot_reach(cluster, tmp_path, image_tar):
-    """node1 gets eth1 on 10.88.0.0/24, which node2 routes to but cannot reach (node1 answers
-    ARP only on the interface that holds an address): an MPI that tried eth1 would wait."""
-    ns1, ns2 = cluster.ns("node1"), cluster.ns("node2")
-    # A veth pair with both ends in node1: an interface that leads nowhere else.
-    netcluster._sh(["ip", "-n", ns1, "link", "add", "eth1", "type", "veth", "peer", "name",
-                    "eth1p"])
-    try:
-        netcluster._sh(["ip", "-n", ns1, "link", "set", "eth1p", "up"])
-        netcluster._sh(["ip", "-n", ns1, "addr", "add", "10.88.0.1/24", "dev", "eth1"])
-        netcluster._sh(["ip", "-n", ns1, "link", "set", "eth1", "up"])
-        netcluster._sh(["ip", "netns", "exec", ns1, "sysctl", "-qw",
-                        "net.ipv4.conf.all.arp_ignore=1"])
-        netcluster._sh(["ip", "-n", ns2, "route", "add", "10.88.0.0/24", "dev", "eth0"])
-        model_dir = tmp_path / "m"
-        started = time.time()
-        proc = cluster.run("node1", [MPIRUN, "--nodes", "2", "--ranks_per_node", "1",
-                                     "--hosts", "node1:1,node2:1", "--"] +
-                           _job_flags(image_tar, model_dir, "--epochs=1"), cwd=ROOT,
-                           env=_env(cluster), timeout=600)
-        log = proc.stdout + proc.stderr
-        assert ("network: 10.77.0.0/24 (eth0): the network every host has an address in; "
-                "not shared, so left out: eth1 (10.88.0.0/24)") in log
-        assert "oob_tcp_if_include 10.77.0.0/24" in log
-        assert json.loads((model_dir / "metrics.json").read_text())["world_size"] == 2
-        assert time.time() - started < 400
-        # Named instead: a name the other host lacks is refused before anything starts.
-        proc = cluster.run("node1", [os.path.join(ROOT, "launch", "horovodrun.sh"), "-H",
-                                     "node1:1,node2:1", "--network-interfaces", "eth1",
-                                     "--dry_run"], cwd=ROOT, env=_env(cluster), check=False,
-                           timeout=120)
-        assert proc.returncode == 2 and "--network-interfaces=eth1: node2 has no eth1" in \
-            proc.stderr, proc.stdout + proc.stderr
-    finally:
-        subprocess.run(["ip", "-n", ns1, "link", "del", "eth1"], capture_output=True, timeout=30)
-        subprocess.run(["ip", "-n", ns2, "route", "del", "10.88.0.0/24"], capture_output=True,
-                       timeout=30)
-        subprocess.run(["ip", "netns", "exec", ns1, "sysctl", "-qw",
-                        "net.ipv4.conf.all.arp_ignore=0"], capture_output=True, timeout=30)
 
 
 def test_an_unreachable_host_at_start_is_a_clear_error_not_a_hang(cluster):
@@ -234,6 +222,7 @@ def _sbatch(slurm, tmp_path, name, model_dir, image_tar, *flags, launcher="srun"
 
 def test_slurm_job_spans_two_nodes_with_srun_and_resumes_with_mpirun(slurm, tmp_path,
                                                                       image_tar):
+    """About 3-4 minutes: two batch jobs, each a 2-rank TensorFlow start-up on shared cores."""
     model_dir = tmp_path / "m"
     job, out = _sbatch(slurm, tmp_path, "srun", model_dir, image_tar, "--epochs=1")
     info = slurm.wait(job, timeout=900)
@@ -256,6 +245,8 @@ def test_slurm_job_spans_two_nodes_with_srun_and_resumes_with_mpirun(slurm, tmp_
 
 def test_slurm_preemption_across_nodes_checkpoints_requeues_and_resumes(slurm, tmp_path,
                                                                         image_tar):
+    """About 4-5 minutes: the job runs twice (before and after its requeue), and Slurm waits
+    KillWait and the requeue delay between them."""
     model_dir = tmp_path / "m"
     job, out = _sbatch(slurm, tmp_path, "preempt", model_dir, image_tar, "--epochs=2")
     deadline = time.time() + 600
@@ -335,6 +326,8 @@ def _eval_alone_equals(cluster, image_tar, model_dir, trained):
 
 def test_elastic_a_host_joins_then_its_rank_is_killed_and_the_others_finish(cluster, tmp_path,
                                                                             image_tar):
+    """About 4 minutes: the job re-forms twice (3 ranks when node3 joins, 2 after its rank
+    dies), each time a worker start-up and Horovod's rendezvous, then a 1-process evaluation."""
     proc, model_dir, hosts = _elastic(cluster, tmp_path, image_tar, "node1:1\nnode2:1\n", 2)
     seen = []
     try:
