@@ -157,6 +157,17 @@ JobCompType=jobcomp/none
         out = self._client(["scontrol", "show", "job", "-o", job_id]).stdout
         return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
 
+    def preempt_when(self, job_id, out, text: str, timeout: float = 600) -> None:
+        """Once the job's output file `out` shows `text`, send its batch shell USR1, as Slurm
+        does 120 s before the time limit (#SBATCH --signal=B:USR1@120)."""
+        deadline = time.time() + timeout
+        while text not in (out.read_text() if out.exists() else ""):
+            assert time.time() < deadline, "training never started"
+            assert self.job(job_id).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING")
+            time.sleep(1)
+        got = self._client(["scancel", "--signal=USR1", "--batch", job_id])
+        assert got.returncode == 0, got.stderr
+
     def wait(self, job_id, timeout=900, until=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",
                                                 "NODE_FAIL", "OUT_OF_MEMORY")):
         deadline = time.time() + timeout

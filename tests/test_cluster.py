@@ -249,14 +249,7 @@ def test_slurm_preemption_across_nodes_checkpoints_requeues_and_resumes(slurm, t
     KillWait and the requeue delay between them."""
     model_dir = tmp_path / "m"
     job, out = _sbatch(slurm, tmp_path, "preempt", model_dir, image_tar, "--epochs=2")
-    deadline = time.time() + 600
-    while "epoch 1/2 step 2/" not in (out.read_text() if out.exists() else ""):
-        assert time.time() < deadline, "training never started"
-        assert slurm.job(job).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING")
-        time.sleep(1)
-    # What Slurm does 120 s before the time limit (#SBATCH --signal=B:USR1@120).
-    got = slurm._client(["scancel", "--signal=USR1", "--batch", job])
-    assert got.returncode == 0, got.stderr
+    slurm.preempt_when(job, out, "epoch 1/2 step 2/")
     info = slurm.wait(job, timeout=1200, until=("COMPLETED", "FAILED", "CANCELLED"))
     log = out.read_text()
     assert info["JobState"] == "COMPLETED", log[-4000:]

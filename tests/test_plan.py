@@ -133,6 +133,8 @@ def test_scripts_refuse_bad_plans_and_show_usage():
     out = _run("mpirun.sh", "--dry_run", "--sockets", "2", "--cores_per_socket", "4",
                "--ranks_per_node", "9")
     assert out.returncode == 2 and "more ranks than cores" in out.stderr
+    out = _run("mpirun.sh", "--dry_run", "--hostfile", "/nonexistent/hosts")
+    assert out.returncode == 2 and "--hostfile=/nonexistent/hosts: No such file" in out.stderr
     for script in ("horovodrun.sh", "mpirun.sh", "discover_hosts.sh"):
         out = _run(script, "--help")
         assert out.returncode == 0 and f"Usage: launch/{script}" in out.stdout.replace(

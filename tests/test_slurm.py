@@ -70,14 +70,7 @@ def test_batch_job_trains_and_a_resubmission_resumes(cluster, tmp_path, image_ta
 def test_preemption_signal_checkpoints_and_requeues(cluster, tmp_path, image_tar):
     model_dir = tmp_path / "m"
     job, out = _submit(cluster, tmp_path, "preempt", model_dir, image_tar, "--epochs=3")
-    deadline = time.time() + 600
-    while "epoch 1/3 step 2/" not in (out.read_text() if out.exists() else ""):
-        assert time.time() < deadline, "training never started"
-        assert cluster.job(job).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING")
-        time.sleep(1)
-    # What Slurm does 120 s before the time limit (#SBATCH --signal=B:USR1@120).
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=cluster.env, check=True,
-                   timeout=60)
+    cluster.preempt_when(job, out, "epoch 1/3 step 2/")
     info = cluster.wait(job, timeout=1200, until=("COMPLETED", "FAILED", "CANCELLED"))
     log = out.read_text()
     assert info["JobState"] == "COMPLETED", log[-4000:]

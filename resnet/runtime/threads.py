@@ -58,14 +58,16 @@ def thread_counts(intra: int = 0, inter: int = 0, topology=None):
     """(intra, inter) op threads: the flags if set, else what the launcher exported, else
     for_rank() over the cores this process may run on (`topology`, default: read from this
     process's CPU affinity, hyper-thread siblings counted once)."""
-    if not (intra and inter):
+    exported = _env_int("OMP_NUM_THREADS")
+    intra = intra or exported
+    inter = inter or _env_int("TF_NUM_INTEROP_THREADS") or (inter_op_threads(intra) if intra
+                                                              else 0)
+    if not (intra and inter):  # no launcher: read the topology (lscpu) only now
         if topology is None:
             from resnet.launch import topology as topo
             topology = topo.read()
         own = for_rank(topology.physical_cores, topology.sockets, topology.threads_per_core)
-        intra = intra or _env_int("OMP_NUM_THREADS") or own.intra
-        inter = inter or _env_int("TF_NUM_INTEROP_THREADS") or (
-            inter_op_threads(intra) if _env_int("OMP_NUM_THREADS") else own.inter)
+        intra, inter = intra or own.intra, inter or own.inter
     return intra, inter
 
 
