@@ -12,7 +12,9 @@ from typing import Optional
 from resnet.errors import UsageError
 
 PRECISIONS = ("auto", "fp32", "bf16")
-DATASETS = ("cifar10", "synthetic")
+DATASETS = ("auto", "cifar10", "cifar100", "synthetic")
+LABEL_MODES = ("fine", "coarse")
+LOADINGS = ("auto", "memory", "stream")
 BATCHNORM = ("frozen", "train")
 COMPRESSION = ("none", "fp16")
 WARMUP_FROM = ("base", "zero")
@@ -33,7 +35,13 @@ class Config:
     preset: str = ""  # the preset these values started from (presets.py); "" for none
     model_dir: str = "/tmp/resnet_cifar10"
     data_dir: Optional[str] = None  # None: $CIFAR10_DIR, then ~/.keras/datasets
-    dataset: str = "cifar10"
+    # auto: whatever --data_dir holds (CIFAR-10 when it is not given); cifar10/cifar100 also
+    # say what to search for and --download, and insist on it.
+    dataset: str = "auto"
+    label_mode: str = "fine"  # CIFAR-100: its 100 fine classes, or its 20 coarse superclasses
+    validation_fraction: float = 0.1  # a class-folder tree without test/: held out per class
+    data_loading: str = "auto"  # memory or stream (resnet/data/loading.py), auto: chosen
+    skip_bad_images: bool = False  # leave out (and count) bad image files instead of refusing
     download: bool = False
     download_url: Optional[str] = None  # a mirror of the official archive (same MD5)
     max_train_examples: Optional[int] = None
@@ -165,8 +173,13 @@ def _check_choices(c: Config) -> None:
         raise UsageError(f"--batchnorm={c.batchnorm}: use one of {', '.join(BATCHNORM)}")
     if not 0 <= c.bn_momentum < 1:
         raise UsageError(f"--bn_momentum={c.bn_momentum}: must be in [0, 1)")
-    if c.dataset not in DATASETS:
-        raise UsageError(f"--dataset={c.dataset}: use one of {', '.join(DATASETS)}")
+    for name, value, choices in (("dataset", c.dataset, DATASETS),
+                                 ("label_mode", c.label_mode, LABEL_MODES),
+                                 ("data_loading", c.data_loading, LOADINGS)):
+        if value not in choices:
+            raise UsageError(f"--{name}={value}: use one of {', '.join(choices)}")
+    if not 0 <= c.validation_fraction < 1:
+        raise UsageError(f"--validation_fraction={c.validation_fraction}: must be in [0, 1)")
 
 
 def _check_combinations(c: Config) -> None:

@@ -10,8 +10,8 @@ import dataclasses
 from absl import flags
 
 from resnet import presets
-from resnet.config import (BATCHNORM, COMPRESSION, DATASETS, PRECISIONS, STAGES, WARMUP_FROM,
-                           Config)
+from resnet.config import (BATCHNORM, COMPRESSION, DATASETS, LABEL_MODES, LOADINGS, PRECISIONS,
+                           STAGES, WARMUP_FROM, Config)
 
 _D = Config()  # defaults
 
@@ -35,12 +35,26 @@ def define(flag_values=flags.FLAGS) -> None:
                   "Flags given on the command line win over it.")
     f.DEFINE_string("model_dir", _D.model_dir, "Checkpoints, logs, the trained model and "
                     "metrics.json. The same --model_dir again resumes.")
-    f.DEFINE_string("data_dir", None, "CIFAR-10: a folder or .tar.gz in the python, binary or "
-                    "image-folder layout. Default: $CIFAR10_DIR, then ~/.keras/datasets.")
-    f.DEFINE_enum("dataset", _D.dataset, DATASETS, "cifar10, or synthetic random images "
+    f.DEFINE_string("data_dir", None, "A folder or .tar.gz: CIFAR-10 or CIFAR-100 (python or "
+                    "binary batches), a class-folder tree (train/<class>/*.jpg|png, test/ or "
+                    "val/), or TFRecords (train-*, validation-*). Default: CIFAR-10 from "
+                    "$CIFAR10_DIR, then ~/.keras/datasets.")
+    f.DEFINE_enum("dataset", _D.dataset, DATASETS, "auto: what --data_dir holds. cifar10, "
+                  "cifar100: search for (and --download) that one. synthetic: random images "
                   "(benchmarks).")
-    f.DEFINE_bool("download", False, "Fetch the official archive (MD5-checked) if not present.")
-    f.DEFINE_string("download_url", None, "A mirror of cifar-10-python.tar.gz (same MD5).")
+    f.DEFINE_enum("label_mode", _D.label_mode, LABEL_MODES, "CIFAR-100: fine (100 classes) or "
+                  "coarse (20 superclasses).")
+    f.DEFINE_float("validation_fraction", _D.validation_fraction, "A class-folder tree with no "
+                   "test/ or val/: hold out this share of each class (fixed seed).")
+    f.DEFINE_enum("data_loading", _D.data_loading, LOADINGS, "memory: decode every image once "
+                  "and hold it; stream: read each rank's images from their files as training "
+                  "goes (flat memory). auto: memory if the decoded set fits in a quarter of "
+                  "the node's RAM per rank; the log says which and why.")
+    f.DEFINE_bool("skip_bad_images", _D.skip_bad_images, "Leave out undecodable or truncated "
+                  "image files (counted in the log) instead of refusing the data set.")
+    f.DEFINE_bool("download", False, "Fetch the official CIFAR-10 (or --dataset=cifar100) "
+                  "archive, MD5-checked, if not present.")
+    f.DEFINE_string("download_url", None, "A mirror of the official archive (same MD5).")
     f.DEFINE_integer("max_train_examples", None, "Use a fixed subset of this many training "
                      "images.")
     f.DEFINE_integer("max_test_examples", None, "Use a fixed subset of this many test images.")

@@ -1,8 +1,10 @@
-"""ResNet50 from tf.keras.applications with a new 10-class head.
+"""ResNet50 from tf.keras.applications with a new head, one output per class.
 
-The model takes raw RGB pixels (0..255, any of uint8/float) at 32x32 and does its own preprocessing,
-so the saved model, the predict command and training all agree on it:
+The model takes raw RGB pixels (0..255, any of uint8/float) at its input size and does its own
+preprocessing, so the saved model, the predict command and training all agree on it:
   resize to --image_size  ->  caffe preprocessing (RGB->BGR, minus the ImageNet mean)  ->  ResNet50
+The input size is 32 for CIFAR (small images the model resizes); for larger images the input
+pipeline crops them to --image_size itself and the model's input is that size (no resize).
 The caffe step is a frozen 1x1 convolution (a channel permutation plus a bias) rather than a Lambda,
 so the saved model holds only built-in layers and plain tf.keras.models.load_model opens it.
 """
@@ -65,13 +67,14 @@ def _resolve_weights(weights: str):
 
 def build(num_classes: int, image_size: int, weights: str, seed: int,
           batchnorm: str = "frozen", bn_momentum: float = 0.9,
-          any_size: bool = False) -> tf.keras.Model:
+          any_size: bool = False, input_size: int = 32) -> tf.keras.Model:
     """The fine-tune model; `backbone` is the ResNet50 layer, for freezing.
 
     batchnorm='frozen' keeps BatchNorm in inference mode; 'train' lets it normalise with batch
     statistics and track them with `bn_momentum` (Keras's 0.99 needs ~500 steps to forget the
     ImageNet statistics; 0.9 needs ~50). `any_size` builds the backbone for any input size, so
-    that at_size() can make views at other sizes over the same weights."""
+    that at_size() can make views at other sizes over the same weights. `input_size`: the side
+    of the images the pipeline feeds (DataSet.input_size)."""
     if image_size < MIN_IMAGE_SIZE:
         raise UsageError(f"--image_size {image_size}: ResNet50 needs at least {MIN_IMAGE_SIZE} "
                          "pixels")
@@ -97,12 +100,12 @@ def build(num_classes: int, image_size: int, weights: str, seed: int,
     head = tf.keras.layers.Dense(num_classes, kernel_initializer="zeros", name="logits")
     return _assemble(tf.keras.layers.Rescaling(1.0, dtype="float32", name="to_float"),
                      _caffe_preprocess(), backbone, head, image_size, batchnorm,
-                     resize=image_size != 32 or any_size)
+                     resize=image_size != input_size or any_size, input_size=input_size)
 
 
 def _assemble(to_float, caffe, backbone_layer, head, image_size: int, batchnorm: str,
-              resize: bool) -> tf.keras.Model:
-    inputs = tf.keras.Input((32, 32, 3), name="image")
+              resize: bool, input_size: int = 32) -> tf.keras.Model:
+    inputs = tf.keras.Input((input_size, input_size, 3), name="image")
     x = caffe(to_float(inputs))
     # Views at several sizes all have the resize layer (even a 32 px one, where it changes
     # nothing), so that their checkpoints, which name layers by position, are interchangeable.
@@ -118,7 +121,7 @@ def _assemble(to_float, caffe, backbone_layer, head, image_size: int, batchnorm:
     x = head(x)
     # Keep the softmax in float32 under mixed_bfloat16: bf16 probabilities lose the small ones.
     outputs = tf.keras.layers.Activation("softmax", dtype="float32", name="probs")(x)
-    return tf.keras.Model(inputs, outputs, name="resnet50_cifar10")
+    return tf.keras.Model(inputs, outputs, name="resnet50_finetuned")
 
 
 def at_size(model: tf.keras.Model, image_size: int, batchnorm: str) -> tf.keras.Model:
@@ -129,7 +132,7 @@ def at_size(model: tf.keras.Model, image_size: int, batchnorm: str) -> tf.keras.
                          "pixels")
     return _assemble(model.get_layer("to_float"), model.get_layer("caffe_preprocess"),
                      backbone(model), model.get_layer("logits"), image_size, batchnorm,
-                     resize=True)
+                     resize=True, input_size=int(model.input_shape[1]))
 
 
 def backbone(model: tf.keras.Model) -> tf.keras.Model:

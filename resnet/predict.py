@@ -1,12 +1,14 @@
 """Top classes for image files, from a trained --model_dir (the command line: predict.py).
 
-Images of any size are resized to 32x32 first: the model was trained on CIFAR-10's 32x32 images
-and resizes to its own --image_size inside.
+Each image is prepared as the test images were: a model trained on small images (CIFAR's, 32x32
+input) gets the image resized to its input size and resizes it on itself; a model trained on
+larger images gets the centre crop at its input size (resnet.data.images.centre_crop).
 """
 
 import json
 import os
 
+from resnet.data.splits import SMALL_IMAGE
 from resnet.errors import UsageError
 
 
@@ -15,7 +17,7 @@ def predict(model_dir: str, paths, top: int = 3):
     import numpy as np
     import tensorflow as tf
 
-    from resnet.data.cifar import decode_image
+    from resnet.data import images as images_lib
     from resnet.training.results import CLASS_NAMES_FILE, MODEL_FILE
 
     model_path = os.path.join(model_dir, MODEL_FILE)
@@ -24,6 +26,8 @@ def predict(model_dir: str, paths, top: int = 3):
                          "saved when training finishes)")
     with open(os.path.join(model_dir, CLASS_NAMES_FILE)) as f:
         class_names = json.load(f)
+    model = tf.keras.models.load_model(model_path)
+    side = int(model.input_shape[1])
     images = []
     for path in paths:
         try:
@@ -31,9 +35,11 @@ def predict(model_dir: str, paths, top: int = 3):
                 data = f.read()
         except OSError as e:
             raise UsageError(f"{path}: cannot read ({e.strerror})") from e
-        image = decode_image(data, path, size=None)
-        images.append(tf.image.resize(image, (32, 32), antialias=True).numpy())
-    model = tf.keras.models.load_model(model_path)
+        image = images_lib.decode(data, path)
+        if side <= SMALL_IMAGE:
+            images.append(tf.image.resize(image, (side, side), antialias=True).numpy())
+        else:
+            images.append(images_lib.centre_crop(image, side).numpy())
     probs = model.predict(np.stack(images), verbose=0)
     results = []
     for path, p in zip(paths, probs):

@@ -84,3 +84,81 @@ def make_tar(src, tar_path, arcname):
     with tarfile.open(tar_path, "w:gz") as tar:
         tar.add(src, arcname=arcname)
     return tar_path
+
+
+# --- CIFAR-100 ---------------------------------------------------------------------------------
+
+C100_FINE = tuple(f"fine{i:02d}" for i in range(100))
+C100_COARSE = tuple(f"coarse{i:02d}" for i in range(20))
+
+
+def make_split100(n: int, seed: int):
+    """n images with fine labels 0..99 and coarse labels fine // 5 (a fixed map, as the real
+    set has one), and the fine label written into the image's first pixel."""
+    rng = np.random.default_rng(seed)
+    fine = rng.integers(0, 100, n).astype(np.int32)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    images[:, 0, 0, 0] = fine
+    return images, fine, fine // 5
+
+
+def write_python100(root, train, test, folder="cifar-100-python"):
+    out = os.path.join(root, folder)
+    os.makedirs(out, exist_ok=True)
+    for name, (images, fine, coarse) in (("train", train), ("test", test)):
+        batch = {b"filenames": [b"%d.png" % i for i in range(len(fine))],
+                 b"batch_label": name.encode(), b"fine_labels": [int(x) for x in fine],
+                 b"coarse_labels": [int(x) for x in coarse], b"data": _planar(images)}
+        with open(os.path.join(out, name), "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    with open(os.path.join(out, "meta"), "wb") as f:
+        pickle.dump({b"fine_label_names": [n.encode() for n in C100_FINE],
+                     b"coarse_label_names": [n.encode() for n in C100_COARSE]}, f, protocol=2)
+    return out
+
+
+def write_binary100(root, train, test, folder="cifar-100-binary"):
+    out = os.path.join(root, folder)
+    os.makedirs(out, exist_ok=True)
+    for name, (images, fine, coarse) in (("train.bin", train), ("test.bin", test)):
+        rows = np.concatenate([coarse.astype(np.uint8)[:, None], fine.astype(np.uint8)[:, None],
+                               _planar(images)], axis=1)
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(rows.tobytes())
+    for name, names in (("fine_label_names.txt", C100_FINE),
+                        ("coarse_label_names.txt", C100_COARSE)):
+        with open(os.path.join(out, name), "w") as f:
+            f.write("\n".join(names) + "\n")
+    return out
+
+
+# --- Class-folder trees of any size --------------------------------------------------------------
+
+def colour(i: int):
+    """A distinct solid colour per image index: it survives any crop, resize and flip, so a
+    pipeline's output can be traced back to the file it came from."""
+    return (i % 251, (i // 251) % 251, 60 + i % 7)
+
+
+def index_of(pixel) -> int:
+    r, g = int(round(float(pixel[0]))), int(round(float(pixel[1])))
+    return r + 251 * g
+
+
+def write_tree(root, classes, per_class, size=(48, 40), test_per_class=None, ext="png",
+               sizes=None):
+    """train/<class>/ (and test/<class>/ when test_per_class) of solid-colour images; image k
+    of the tree (in train-then-test, class, file order) has colour(k). Returns {path: k}."""
+    index, k = {}, 0
+    for split, n in (("train", per_class), ("test", test_per_class)):
+        if not n:
+            continue
+        for name in classes:
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for j in range(n):
+                w, h = sizes[k % len(sizes)] if sizes else size
+                path = os.path.join(root, split, name, f"{j:04d}.{ext}")
+                Image.new("RGB", (w, h), colour(k)).save(path)
+                index[path] = k
+                k += 1
+    return index

@@ -1,4 +1,5 @@
-"""The three CIFAR-10 layouts, read from small files in the official formats, and their refusals."""
+"""CIFAR-10's Python and binary layouts, read from small files in the official formats, and
+their refusals (CIFAR-100: test_cifar100.py; image-folder trees: test_folders.py)."""
 
 import os
 import pickle
@@ -25,7 +26,7 @@ def _same(data, splits):
 def test_python_batches_folder_and_archive(tmp_path, splits):
     folder = cifar_files.write_python(str(tmp_path), *splits)
     data = cifar.load(folder)
-    assert data.layout == "python"
+    assert data.layout == "cifar10-python"
     # Batches keep their order: exact arrays, not just the same set.
     np.testing.assert_array_equal(data.train.images, splits[0][0])
     np.testing.assert_array_equal(data.train.labels, splits[0][1])
@@ -38,34 +39,19 @@ def test_python_batches_folder_and_archive(tmp_path, splits):
     only = tmp_path / "download"
     only.mkdir()
     shutil.copy(archive, only)
-    assert cifar.load(str(only)).layout == "python"
+    assert cifar.load(str(only)).layout == "cifar10-python"
 
 
 def test_binary_batches_folder_and_archive(tmp_path, splits):
     folder = cifar_files.write_binary(str(tmp_path), *splits)
     data = cifar.load(folder)
-    assert data.layout == "binary"
+    assert data.layout == "cifar10-binary"
     np.testing.assert_array_equal(data.train.images, splits[0][0])
     np.testing.assert_array_equal(data.test.labels, splits[1][1])
     archive = cifar_files.make_tar(folder, str(tmp_path / "cifar-10-binary.tar.gz"),
                                    "cifar-10-batches-bin")
-    assert cifar.load(archive).layout == "binary"
+    assert cifar.load(archive).layout == "cifar10-binary"
     _same(cifar.load(archive), splits)
-
-
-@pytest.mark.parametrize("ext", ["png", "jpg"])
-def test_image_folder_and_archive(tmp_path, splits, ext):
-    root = cifar_files.write_image_folder(str(tmp_path / "tree"), *splits, ext=ext)
-    data = cifar.load(root)
-    assert data.layout == "imagefolder"
-    if ext == "png":
-        _same(data, splits)  # lossless
-    else:
-        assert sorted(data.train.labels) == sorted(splits[0][1])
-        assert np.abs(data.train.images.astype(int).mean() - splits[0][0].mean()) < 2
-    archive = cifar_files.make_tar(root, str(tmp_path / "images.tar.gz"), "cifar-10-images")
-    from_tar = cifar.load(archive)
-    np.testing.assert_array_equal(from_tar.train.images, data.train.images)
 
 
 def test_subsets_are_fixed_and_balanced_enough(tmp_path, splits):
@@ -87,7 +73,7 @@ def test_crafted_pickle_does_not_run_code(tmp_path, splits):
 
     with open(os.path.join(folder, "data_batch_3"), "wb") as f:
         pickle.dump({b"data": Exploit(), b"labels": [0]}, f, protocol=2)
-    with pytest.raises(UsageError, match=r"data_batch_3: not a CIFAR-10 batch.*(posix|os)\.system"):
+    with pytest.raises(UsageError, match=r"data_batch_3: not a CIFAR-10 Python batch.*(posix|os)\.system"):
         cifar.load(folder)
     assert not marker.exists()
 
@@ -141,42 +127,6 @@ def test_missing_batch_file(tmp_path, splits):
         cifar.load(folder)
 
 
-def test_missing_and_extra_class_folders(tmp_path, splits):
-    root = cifar_files.write_image_folder(str(tmp_path / "t"), *splits)
-    shutil.rmtree(os.path.join(root, "train", "cat"))
-    os.makedirs(os.path.join(root, "train", "unicorn"))
-    Image.new("RGB", (32, 32)).save(os.path.join(root, "train", "unicorn", "1.png"))
-    with pytest.raises(UsageError, match="missing class folder.*cat.*unexpected.*unicorn"):
-        cifar.load(root)
-
-
-def test_unreadable_image_named(tmp_path, splits):
-    root = cifar_files.write_image_folder(str(tmp_path / "t"), *splits)
-    bad = os.path.join(root, "test", "dog", "0001.png")
-    open(bad, "wb").write(b"not a png")
-    with pytest.raises(UsageError, match="test/dog/0001.png: cannot decode"):
-        cifar.load(root)
-
-
-def test_wrong_size_refused_grayscale_converted(tmp_path, splits):
-    root = cifar_files.write_image_folder(str(tmp_path / "t"), *splits)
-    gray = os.path.join(root, "train", "frog", "gray.png")
-    Image.new("L", (32, 32), color=77).save(gray)
-    data = cifar.load(root)
-    assert len(data.train) == len(splits[0][1]) + 1
-    assert any((im == 77).all() for im in data.train.images)  # L -> RGB, all channels 77
-    Image.new("RGB", (64, 48)).save(os.path.join(root, "train", "frog", "big.png"))
-    with pytest.raises(UsageError, match="big.png: image is 64x48, CIFAR-10 images are 32x32"):
-        cifar.load(root)
-
-
-def test_not_an_image_file(tmp_path, splits):
-    root = cifar_files.write_image_folder(str(tmp_path / "t"), *splits)
-    open(os.path.join(root, "train", "ship", "notes.txt"), "w").write("hello")
-    with pytest.raises(UsageError, match="notes.txt: not an image file"):
-        cifar.load(root)
-
-
 def test_truncated_archive(tmp_path, splits):
     folder = cifar_files.write_python(str(tmp_path), *splits)
     archive = cifar_files.make_tar(folder, str(tmp_path / "c.tar.gz"), "cifar-10-batches-py")
@@ -194,7 +144,7 @@ def test_missing_empty_and_wrong_folders(tmp_path):
         cifar.load(str(tmp_path / "empty"))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "readme.txt").write_text("hi")
-    with pytest.raises(UsageError, match="no CIFAR-10 found"):
+    with pytest.raises(UsageError, match="no CIFAR-10 or CIFAR-100 batches found"):
         cifar.load(str(tmp_path / "other"))
     (tmp_path / "file.txt").write_text("hi")
     with pytest.raises(UsageError, match="not a .tar.gz archive"):

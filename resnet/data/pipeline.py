@@ -1,51 +1,125 @@
 """tf.data pipelines over one rank's shard: augmentation for training, none for testing.
 
-Images stay uint8 32x32 here; resizing and the caffe preprocessing are inside the model, so the
-pipeline is cheap and predict feeds the model exactly what training fed it. Augmentation uses
-stateless random ops seeded by (seed, epoch, example), so an epoch's batches are the same however
-often it is re-run: a resumed run sees exactly the data an uninterrupted one would have.
+Small images held in memory (CIFAR's 32x32) stay at their size here: resizing and the caffe
+preprocessing are inside the model, so the pipeline is cheap and predict feeds the model exactly
+what training fed it. Everything else (larger images in memory, and every streamed image) is
+cropped to --image_size here: a random resized crop for training, the centre for testing
+(images.py), and the model takes that size as it is. Streamed images are read from their files
+(or their TFRecord byte range) and decoded in parallel maps; a rank reads only its shard.
+
+Augmentation uses stateless random ops seeded by (seed, epoch, example), so an epoch's batches
+are the same however often it is re-run: a resumed run sees exactly the data an uninterrupted one
+would have.
 """
+
+import os
 
 import numpy as np
 import tensorflow as tf
 
-from resnet.data import sharding
-from resnet.data.cifar import Split
+from resnet.data import images, sharding
+from resnet.data.splits import SMALL_IMAGE, Split, StreamSplit
 
+ENCODED = "image/encoded"  # TFRecords: the field holding the image (tfrecords.py)
 PAD = 4  # pixels of zero padding before the random 32x32 crop (the usual CIFAR recipe)
 
 
-def _augment(image, seed):
+def _pad_crop_flip(image, seed):
     padded = tf.pad(image, [[PAD, PAD], [PAD, PAD], [0, 0]])
     image = tf.image.stateless_random_crop(padded, tf.shape(image), seed=seed)
     return tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
 
 
-def _examples(split: Split, shard: sharding.Shard, num_classes: int):
-    images = split.images[shard.indices]  # this rank's slice only: numpy gather, ~ms
-    labels = tf.one_hot(split.labels[shard.indices], num_classes)  # for label smoothing
-    return images, labels, shard.weights
+def _train_image(image, seed, size: int):
+    """Any decoded image to size x size: small ones padded-and-cropped at their own size then
+    resized (what the model does to CIFAR), large ones by a random resized crop."""
+    small = tf.reduce_max(tf.shape(image)[:2]) <= SMALL_IMAGE
+    return tf.cond(small,
+                   lambda: tf.image.resize(tf.cast(_pad_crop_flip(image, seed), tf.float32),
+                                           (size, size)),
+                   lambda: images.train_crop(image, size, seed))
 
 
-def train_dataset(split: Split, shard: sharding.Shard, batch_size: int, seed: int, epoch: int,
-                  num_classes: int = 10, skip_steps: int = 0) -> tf.data.Dataset:
+def _test_image(image, size: int):
+    small = tf.reduce_max(tf.shape(image)[:2]) <= SMALL_IMAGE
+    return tf.cond(small, lambda: tf.image.resize(tf.cast(image, tf.float32), (size, size)),
+                   lambda: images.centre_crop(image, size))
+
+
+def _read_record(path, offset, length):
+    with open(path.numpy(), "rb") as f:
+        return os.pread(f.fileno(), int(length), int(offset))
+
+
+def _encoded(split: StreamSplit, idx: np.ndarray) -> tf.data.Dataset:
+    """The encoded image bytes of split[idx], in order, read as the dataset is iterated."""
+    if not split.records:
+        ds = tf.data.Dataset.from_tensor_slices(split.paths[idx].astype(str))
+        return ds.map(tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = tf.data.Dataset.from_tensor_slices((split.paths[idx].astype(str), split.offsets[idx],
+                                             split.lengths[idx]))
+
+    def read(path, offset, length):
+        record = tf.py_function(_read_record, [path, offset, length], tf.string)
+        record.set_shape([])
+        return tf.io.parse_single_example(
+            record, {ENCODED: tf.io.FixedLenFeature([], tf.string)})[ENCODED]
+    return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _seeds(shard: sharding.Shard, seed: int, epoch: int) -> np.ndarray:
+    return np.stack([np.full(len(shard.indices), seed * 100_003 + epoch, np.int64),
+                     shard.indices * 2], axis=1)  # two seeds per example: crop and flip
+
+
+def _batched(ds, batch_size: int):
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def train_dataset(split, shard: sharding.Shard, batch_size: int, seed: int, epoch: int,
+                  num_classes: int = 10, skip_steps: int = 0,
+                  image_size: int = 0) -> tf.data.Dataset:
     """One epoch of (image, one-hot label, weight) batches for this rank; `skip_steps` drops the
-    batches a mid-epoch checkpoint already trained on."""
-    images, labels, weights = _examples(split, shard, num_classes)
-    seeds = np.stack([np.full(len(shard.indices), seed * 100_003 + epoch, np.int64),
-                      shard.indices * 2], axis=1)  # two seeds per example: crop and flip
-    ds = tf.data.Dataset.from_tensor_slices((images, labels, weights, seeds))
-    ds = ds.skip(skip_steps * batch_size)
-    ds = ds.map(lambda x, y, w, s: (_augment(x, s), y, w),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    batches a mid-epoch checkpoint already trained on. `image_size`: the side the pipeline crops
+    to, for images it does not leave to the model (DataSet.input_size)."""
+    idx = shard.indices[skip_steps * batch_size:]
+    labels = tf.one_hot(split.labels[idx], num_classes)  # one-hot for label smoothing
+    weights, seeds = shard.weights[skip_steps * batch_size:], _seeds(shard, seed, epoch)[
+        skip_steps * batch_size:]
+    if isinstance(split, Split) and split.images.shape[1] <= SMALL_IMAGE:
+        ds = tf.data.Dataset.from_tensor_slices((split.images[idx], labels, weights, seeds))
+        ds = ds.map(lambda x, y, w, s: (_pad_crop_flip(x, s), y, w),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return _batched(ds, batch_size)
+    meta = tf.data.Dataset.from_tensor_slices((labels, weights, seeds))
+    if isinstance(split, Split):
+        pictures = tf.data.Dataset.from_tensor_slices(split.images[idx])
+    else:
+        pictures = _encoded(split, idx).map(images.tf_decode,
+                                            num_parallel_calls=tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.zip((pictures, meta)).map(
+        lambda x, m: (_train_image(x, m[2], image_size), m[0], m[1]),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _batched(ds, batch_size)
 
 
-def eval_dataset(split: Split, shard: sharding.Shard, batch_size: int,
-                 num_classes: int = 10) -> tf.data.Dataset:
-    images, labels, weights = _examples(split, shard, num_classes)
-    ds = tf.data.Dataset.from_tensor_slices((images, labels, weights))
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+def eval_dataset(split, shard: sharding.Shard, batch_size: int, num_classes: int = 10,
+                 image_size: int = 0) -> tf.data.Dataset:
+    labels = tf.one_hot(split.labels[shard.indices], num_classes)
+    if isinstance(split, Split) and split.images.shape[1] <= SMALL_IMAGE:
+        ds = tf.data.Dataset.from_tensor_slices((split.images[shard.indices], labels,
+                                                 shard.weights))
+        return _batched(ds, batch_size)
+    if isinstance(split, Split):
+        pictures = tf.data.Dataset.from_tensor_slices(split.images[shard.indices])
+    else:
+        pictures = _encoded(split, shard.indices).map(images.tf_decode,
+                                                      num_parallel_calls=tf.data.AUTOTUNE)
+    meta = tf.data.Dataset.from_tensor_slices((labels, shard.weights))
+    ds = tf.data.Dataset.zip((pictures, meta)).map(
+        lambda x, m: (_test_image(x, image_size), m[0], m[1]),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _batched(ds, batch_size)
 
 
 def synthetic(num_train: int, num_test: int, num_classes: int = 10, seed: int = 0):

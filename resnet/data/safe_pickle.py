@@ -30,7 +30,7 @@ class _CifarUnpickler(pickle.Unpickler):
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
         raise ForbiddenPickle(
-            f"refers to {module}.{name}, which a CIFAR-10 batch never holds (refused, not run)")
+            f"refers to {module}.{name}, which a CIFAR batch never holds (refused, not run)")
 
 
 def loads(data: bytes):

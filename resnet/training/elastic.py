@@ -30,7 +30,7 @@ from absl import logging
 
 from resnet import model as model_lib
 from resnet.config import Config
-from resnet.data import cifar, pipeline, sharding, source
+from resnet.data import pipeline, sharding, source
 from resnet.runtime import world as runtime
 from resnet.training import callbacks as cb
 from resnet.training import checkpoints, epoch, results
@@ -162,11 +162,12 @@ def run(config: Config, first: runtime.World) -> dict:
     import horovod.tensorflow.keras as hvd
     results.check_model_dir(config.model_dir)  # every rank on its own: no collective here
     model_lib.set_precision(config.precision, warn=first.is_chief)
-    class_names = cifar.CLASS_NAMES
-    train_split, test_split = source.load(config, first)
+    data = source.load(config, first)
+    train_split, test_split, class_names = data.train, data.test, data.class_names
     n = len(train_split)
     model = model_lib.build(len(class_names), config.image_size, config.weights, config.seed,
-                            config.batchnorm, config.bn_momentum)
+                            config.batchnorm, config.bn_momentum,
+                            input_size=data.input_size(config.image_size))
     # The rate is a variable that _Steps sets before every step.
     optimizer = compile_model(model, config, config.learning_rate)
     # Only rank 0's fields count: run() broadcasts them before the first step.
@@ -185,7 +186,8 @@ def run(config: Config, first: runtime.World) -> dict:
         test_metrics = None
         while state.epoch < config.epochs:
             if state.done < n:
-                state.train_logs = _fit_rest_of_epoch(state, config, world, model, train_split)
+                state.train_logs = _fit_rest_of_epoch(state, config, world, model, train_split,
+                                                      len(class_names))
                 state.commit()  # the epoch's training is safe; a failure now only re-evaluates
             test_metrics = epoch.finish(model, test_split, world, config, class_names,
                                         state.history, state.epoch, "full", state.train_logs,
@@ -204,13 +206,15 @@ def run(config: Config, first: runtime.World) -> dict:
         "mode": "elastic", "images_per_second": None}, class_names)
 
 
-def _fit_rest_of_epoch(state, config: Config, world: runtime.World, model, train_split) -> dict:
+def _fit_rest_of_epoch(state, config: Config, world: runtime.World, model, train_split,
+                       num_classes: int) -> dict:
     """Train on the examples of epoch `state.epoch` not yet done, dealt to the ranks there are."""
     n = len(train_split)
     shard = sharding.train_shard(n, config.seed, state.epoch, world.rank, world.size,
                                  config.batch_size, start=state.done)
     steps = len(shard.indices) // config.batch_size
-    ds = pipeline.train_dataset(train_split, shard, config.batch_size, config.seed, state.epoch)
+    ds = pipeline.train_dataset(train_split, shard, config.batch_size, config.seed, state.epoch,
+                                num_classes, image_size=config.image_size)
     global_batch = config.batch_size * world.size
     progress = cb.ProgressLog(config.log_every_steps, steps, config.epochs, global_batch,
                               lambda: state.epoch, lambda: 0)

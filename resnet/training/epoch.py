@@ -12,14 +12,16 @@ from resnet.training import checkpoints, evaluate
 
 
 def evaluate_test(model, test, world, config: Config, class_names,
-                  on_batch: Callable[[], None] = lambda: None) -> dict:
+                  on_batch: Callable[[], None] = lambda: None, image_size: int = 0) -> dict:
+    """image_size: the size the model was trained at (default --image_size)."""
     import horovod.tensorflow.keras as hvd
 
     def allreduce_sum(values: np.ndarray) -> np.ndarray:
         return hvd.allreduce(tf.constant(values, tf.float64), op=hvd.Sum,
                              name="eval_counts").numpy()
     return evaluate.evaluate(model, test, world.rank, world.size, config.batch_size, class_names,
-                             allreduce_sum, on_batch, flip=config.test_time_flip)
+                             allreduce_sum, on_batch, flip=config.test_time_flip,
+                             image_size=image_size or config.image_size)
 
 
 def finish(model, test, world, config: Config, class_names, history: list, epoch: int,

@@ -16,7 +16,7 @@ def trained_size(state: checkpoints.State) -> int:
     return config_lib.image_size_at(state.config, last)
 
 
-def run(config: Config, world, test, resume, class_names) -> tuple:
+def run(config: Config, world, data, resume) -> tuple:
     """(test metrics, what metrics.json adds, history) of checkpoint `resume`."""
     if resume is None:
         raise UsageError(f"--eval_only: no checkpoint in {checkpoints.directory(config.model_dir)}"
@@ -25,12 +25,15 @@ def run(config: Config, world, test, resume, class_names) -> tuple:
     # The checkpoint decides the architecture: build with the image size it was trained at.
     image_size = trained_size(state)
     progressive = bool(state.config.get("start_image_size"))
+    class_names = data.class_names
     model = model_lib.build(len(class_names), image_size, "none", config.seed,
-                            state.config.get("batchnorm", "frozen"), any_size=progressive)
+                            state.config.get("batchnorm", "frozen"), any_size=progressive,
+                            input_size=data.input_size(image_size))
     if world.is_chief:
         checkpoints.restore(resume, trackables(model))
     broadcast(model)  # Horovod: rank 0 read the checkpoint; everyone evaluates the same weights
-    test_metrics = epoch.evaluate_test(model, test, world, config, class_names)
+    test_metrics = epoch.evaluate_test(model, data.test, world, config, class_names,
+                                       image_size=image_size)
     logging.info("eval_only: test accuracy %.4f on %d images (checkpoint %s)",
                  test_metrics["test_accuracy"], test_metrics["test_examples"], resume)
     return test_metrics, {"mode": "eval_only", "checkpoint": resume, "image_size": image_size,

@@ -11,13 +11,14 @@ import tensorflow as tf
 
 from resnet.data import pipeline
 from resnet.data import sharding
-from resnet.data.cifar import Split
 
 
-def evaluate(model: tf.keras.Model, split: Split, rank: int, world_size: int, batch_size: int,
+def evaluate(model: tf.keras.Model, split, rank: int, world_size: int, batch_size: int,
              class_names: Sequence[str], allreduce_sum: Callable[[np.ndarray], np.ndarray],
-             on_batch: Callable[[], None] = lambda: None, flip: bool = False) -> dict:
-    """flip: average the probabilities of each image and its left-right mirror."""
+             on_batch: Callable[[], None] = lambda: None, flip: bool = False,
+             image_size: int = 0) -> dict:
+    """flip: average the probabilities of each image and its left-right mirror. image_size: what
+    the pipeline crops images the model does not resize itself to (pipeline.eval_dataset)."""
     num_classes = len(class_names)
     shard = sharding.eval_shard(len(split), rank, world_size, batch_size)
 
@@ -30,7 +31,8 @@ def evaluate(model: tf.keras.Model, split: Split, rank: int, world_size: int, ba
 
     confusion = np.zeros((num_classes, num_classes), np.float64)
     loss_sum = 0.0
-    for images, labels, weights in pipeline.eval_dataset(split, shard, batch_size, num_classes):
+    for images, labels, weights in pipeline.eval_dataset(split, shard, batch_size, num_classes,
+                                                                image_size):
         probs = predict(images).numpy().astype(np.float64)
         real = weights.numpy() > 0
         truth = np.argmax(labels.numpy(), axis=1)[real]

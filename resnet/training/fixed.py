@@ -121,7 +121,8 @@ class Trainer:
         shard = sharding.train_shard(len(self.train), self.config.seed, epoch, self.world.rank,
                                      self.world.size, self.config.batch_size)
         ds = pipeline.train_dataset(self.train, shard, self.config.batch_size, self.config.seed,
-                                    epoch, skip_steps=self.progress.step)
+                                    epoch, len(self.class_names), skip_steps=self.progress.step,
+                                    image_size=self.config.image_size)
         fit = self.model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
                              steps_per_epoch=self.plan.steps_per_epoch - self.progress.step,
                              callbacks=self.callbacks)

@@ -14,7 +14,7 @@ from absl import logging
 
 from resnet import model as model_lib
 from resnet.config import Config
-from resnet.data import cifar, source
+from resnet.data import source
 from resnet.runtime import placement
 from resnet.runtime import world as world_lib
 from resnet.training import checkpoints, elastic, epoch, eval_only, fixed, results
@@ -35,13 +35,13 @@ def run(config: Config) -> dict:
         tf.debugging.set_log_device_placement(True)
     world_lib.chief_decides(world, lambda: results.check_model_dir(config.model_dir))
     model_lib.set_precision(config.precision, warn=world.is_chief)
-    class_names = cifar.CLASS_NAMES
-    train, test = source.load(config, world)
+    data = source.load(config, world)
     resume = world_lib.chief_decides(world, lambda: checkpoints.latest(config.model_dir))
     if config.eval_only:
-        test_metrics, extra, history = eval_only.run(config, world, test, resume, class_names)
-        return results.finish(config, world, None, test_metrics, history, extra, class_names)
-    return _train(config, world, train, test, resume, class_names)
+        test_metrics, extra, history = eval_only.run(config, world, data, resume)
+        return results.finish(config, world, None, test_metrics, history, extra,
+                              data.class_names)
+    return _train(config, world, data, resume)
 
 
 def _announce(requested: Config, config: Config) -> None:
@@ -53,7 +53,8 @@ def _announce(requested: Config, config: Config) -> None:
                      else "no AMX or AVX512-BF16 on this CPU")
 
 
-def _train(config: Config, world, train, test, resume, class_names) -> dict:
+def _train(config: Config, world, data, resume) -> dict:
+    train, test, class_names = data.train, data.test, data.class_names
     plan = Plan(config, world.size, len(train))
     logging.info("%d rank(s) x batch %d = global batch %d; %d steps/epoch; lr %.4g -> %.4g over "
                  "%d warmup steps, cosine to 0 at step %d; %s, %spx", world.size,
@@ -63,7 +64,8 @@ def _train(config: Config, world, train, test, resume, class_names) -> dict:
                  bool(config.start_image_size) + str(config.image_size))
     model = model_lib.build(len(class_names), config.image_size, config.weights, config.seed,
                             config.batchnorm, config.bn_momentum,
-                            any_size=bool(config.start_image_size))
+                            any_size=bool(config.start_image_size),
+                            input_size=data.input_size(config.image_size))
     started = time.time()
     trainer = fixed.Trainer(config, world, plan, model, train, test, class_names).run(resume)
     test_metrics = trainer.test_metrics
