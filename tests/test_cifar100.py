@@ -105,3 +105,15 @@ def test_download_knows_the_cifar100_archive(tmp_path, monkeypatch):
     cache = tmp_path / ".keras" / "datasets" / "cifar-100-python"
     cache.mkdir(parents=True)
     assert locate.find(None, "cifar100") == str(cache)
+
+
+def test_confusion_picture_gives_each_of_100_classes_room(tmp_path):
+    from PIL import Image
+    from resnet.training import report
+    confusion = np.eye(100, dtype=int) * 50 + 1
+    report.plot_confusion(confusion.tolist(), cifar_files.C100_FINE, str(tmp_path / "c.png"))
+    report.plot_confusion(np.eye(10, dtype=int).tolist(), cifar_files.CLASS_NAMES,
+                          str(tmp_path / "c10.png"))
+    width, height = Image.open(tmp_path / "c.png").size
+    assert width >= 100 * 14 and height >= 100 * 14  # a row of pixels per name, at least 14
+    assert Image.open(tmp_path / "c10.png").size[0] < width / 2

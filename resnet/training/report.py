@@ -47,16 +47,29 @@ def plot_curves(history: Sequence[dict], path: str) -> None:
 
 def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str],
                    path: str) -> None:
+    """Counts in the cells up to 20 classes; beyond that (CIFAR-100) the cells are shaded by the
+    share of each true class and the figure grows with the class count, so that all 100 names
+    stay legible and a class's confusions show as a row."""
     plt = _pyplot()
     matrix = np.asarray(confusion)
-    fig, ax = plt.subplots(figsize=(7, 6))
-    im = ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set(xlabel="predicted", ylabel="true", title="Test confusion matrix")
-    for (i, j), v in np.ndenumerate(matrix):
-        ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
-                color="white" if v > matrix.max() / 2 else "black")
+    n = len(class_names)
+    many = n > 20
+    side = 7 if not many else min(6 + 0.18 * n, 30)
+    fig, ax = plt.subplots(figsize=(side, side * 6 / 7))
+    shown = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1) if many else matrix
+    # Square-root shading beyond 20 classes: a 5% confusion stays visible beside a 90% diagonal.
+    from matplotlib.colors import PowerNorm
+    im = ax.imshow(shown, cmap="Blues", norm=PowerNorm(0.5, 0, 1) if many else None)
+    font = 7 if not many else 6
+    ax.set_xticks(range(n), class_names, rotation=45 if not many else 90, ha="right"
+                  if not many else "center", fontsize=font)
+    ax.set_yticks(range(n), class_names, fontsize=font)
+    ax.set(xlabel="predicted", ylabel="true", title="Test confusion matrix" +
+           (" (share of each true class)" if many else ""))
+    if not many:
+        for (i, j), v in np.ndenumerate(matrix):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+                    color="white" if v > matrix.max() / 2 else "black")
     fig.colorbar(im)
     _save(fig, path)
     plt.close(fig)

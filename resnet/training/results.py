@@ -23,8 +23,16 @@ CLASS_NAMES_FILE = "class_names.json"
 
 
 def check_model_dir(model_dir: str) -> None:
+    """Refuse a --model_dir this job cannot write, before anything slow; create nothing (a run
+    refused later, e.g. for bad data, must leave no trace). The first checkpoint makes it."""
+    existing = os.path.abspath(model_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
     try:
-        os.makedirs(model_dir, exist_ok=True)
+        if existing != os.path.abspath(model_dir):
+            if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+                raise OSError(13, f"cannot create folders in {existing}")
+            return
         with tempfile.NamedTemporaryFile(dir=model_dir, prefix=".write-test-"):
             pass
     except OSError as e:
@@ -64,6 +72,7 @@ def finish(config: Config, world, model, test_metrics: dict, history: list, extr
     """metrics.json and its pictures, and the trained model (`model`, unless None), by rank 0."""
     metrics = metrics_dict(config, world, test_metrics, history, extra)
     if world.is_chief:
+        os.makedirs(config.model_dir, exist_ok=True)
         if model is not None:
             save_model(config, model, class_names)
         path = report.write(config.model_dir, metrics, class_names)

@@ -1,0 +1,69 @@
+"""The whole job on data sets other than CIFAR-10: a streamed class-folder tree and TFRecords
+trained in-process (a world of one), --eval_only, predict with the data set's class names; and
+a refused data set exits 2 with the file named and nothing written."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import cifar_files
+from conftest import ROOT, job_env
+from resnet.config import Config
+from resnet.data import tfrecords
+from resnet.predict import predict
+from resnet.training import job
+from test_smoke import restored_process_state  # noqa: F401  (a fixture)
+
+CLASSES = ["circle", "square", "star", "wave"]
+
+
+def _config(data_dir, model_dir, **extra):
+    return Config(data_dir=str(data_dir), weights="none", image_size=40, batch_size=4, epochs=1,
+                  warmup_epochs=0, model_dir=str(model_dir), hang_timeout=0, **extra)
+
+
+def test_streamed_tree_trains_evaluates_and_predicts(tmp_path, restored_process_state):  # noqa: F811
+    cifar_files.write_tree(str(tmp_path / "tree"), CLASSES, 5, test_per_class=2, ext="jpg",
+                           sizes=[(70, 50), (64, 90), (100, 100)])
+    config = _config(tmp_path / "tree", tmp_path / "m")
+    metrics = job.run(config)
+    assert metrics["test_examples"] == 8 and metrics["num_train_examples"] == 20
+    assert sorted(metrics["per_class_accuracy"]) == CLASSES
+    assert len(metrics["confusion_matrix"]) == 4
+    assert json.loads((tmp_path / "m" / "class_names.json").read_text()) == CLASSES
+    again = job.run(Config(**{**config.to_dict(), "eval_only": True}))
+    assert again["confusion_matrix"] == metrics["confusion_matrix"]
+    image = str(tmp_path / "tree" / "test" / "star" / "0000.jpg")
+    (path, top), = predict(str(tmp_path / "m"), [image], top=4)
+    assert path == image and sorted(name for name, _ in top) == CLASSES
+
+
+def test_tfrecords_train_and_eval_only(tmp_path, restored_process_state):  # noqa: F811
+    cifar_files.write_tree(str(tmp_path / "tree"), CLASSES, 4, size=(72, 72))
+    tfrecords.convert(str(tmp_path / "tree"), str(tmp_path / "rec"), shard_mb=0.001,
+                      validation_fraction=0.25)
+    config = _config(tmp_path / "rec", tmp_path / "m")
+    metrics = job.run(config)
+    assert metrics["test_examples"] == 4 and metrics["num_train_examples"] == 12
+    again = job.run(Config(**{**config.to_dict(), "eval_only": True}))
+    assert again["test_accuracy"] == metrics["test_accuracy"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "one-class"])
+def test_refused_data_exits_2_and_writes_nothing(tmp_path, damage):
+    cifar_files.write_tree(str(tmp_path / "tree"), CLASSES[:1] if damage == "one-class"
+                           else CLASSES, 3, size=(64, 64), test_per_class=1, ext="jpg")
+    if damage == "truncated":
+        bad = tmp_path / "tree" / "test" / "wave" / "0000.jpg"
+        bad.write_bytes(bad.read_bytes()[:200])
+    proc = subprocess.run([sys.executable, "train_dist.py", "--weights=none",
+                           f"--data_dir={tmp_path}/tree", f"--model_dir={tmp_path}/m"],
+                          cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    expected = ("test/wave/0000.jpg: truncated JPEG" if damage == "truncated"
+                else "1 class folder(s) (circle); a classifier needs at least 2")
+    assert expected in proc.stderr
+    assert not os.path.exists(tmp_path / "m")
