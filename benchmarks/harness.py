@@ -115,11 +115,10 @@ def input_pipeline(data_path, batch, ranks, batches=60):
     """Per rank: decode the real JPEG tree from disk, then augment and batch with tf.data."""
     code = f"""
 import json, time
-from resnet.data import cifar
-from resnet.data import pipeline
-from resnet.data import sharding
+from resnet.config import Config
+from resnet.data import pipeline, sharding, source
 t = time.perf_counter()
-data = cifar.load({data_path!r}, max_train=10000, max_test=1)
+data = source.open_data({data_path!r}, Config(max_train_examples=10000, max_test_examples=1))
 decode = len(data.train) / (time.perf_counter() - t)
 shard = sharding.train_shard(len(data.train), 0, 0, 0, {ranks}, {batch})
 ds = pipeline.train_dataset(data.train, shard, {batch}, 0, 0)
