@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 
@@ -92,3 +93,15 @@ def rank_pids(rank, marker, variable="OMPI_COMM_WORLD_RANK", script="train_dist.
                 and f"{variable}={rank}".encode() in environ):
             pids.append(int(pid))
     return pids
+
+
+@pytest.fixture()
+def restored_process_state():
+    """job.run sets signal handlers and Keras's precision policy for its process: put them back
+    for the tests that run after this one in the same process."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for s, h in handlers.items():
+        signal.signal(s, h)
+    import tensorflow as tf
+    tf.keras.mixed_precision.set_global_policy("float32")

@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import cifar_files
 from resnet.data import cifar

@@ -15,7 +15,6 @@ from resnet.config import Config
 from resnet.data import tfrecords
 from resnet.predict import predict
 from resnet.training import job
-from test_smoke import restored_process_state  # noqa: F401  (a fixture)
 
 CLASSES = ["circle", "square", "star", "wave"]
 
@@ -25,7 +24,7 @@ def _config(data_dir, model_dir, **extra):
                   warmup_epochs=0, model_dir=str(model_dir), hang_timeout=0, **extra)
 
 
-def test_streamed_tree_trains_evaluates_and_predicts(tmp_path, restored_process_state):  # noqa: F811
+def test_streamed_tree_trains_evaluates_and_predicts(tmp_path, restored_process_state):
     cifar_files.write_tree(str(tmp_path / "tree"), CLASSES, 5, test_per_class=2, ext="jpg",
                            sizes=[(70, 50), (64, 90), (100, 100)])
     config = _config(tmp_path / "tree", tmp_path / "m")
@@ -41,7 +40,7 @@ def test_streamed_tree_trains_evaluates_and_predicts(tmp_path, restored_process_
     assert path == image and sorted(name for name, _ in top) == CLASSES
 
 
-def test_tfrecords_train_and_eval_only(tmp_path, restored_process_state):  # noqa: F811
+def test_tfrecords_train_and_eval_only(tmp_path, restored_process_state):
     cifar_files.write_tree(str(tmp_path / "tree"), CLASSES, 4, size=(72, 72))
     tfrecords.convert(str(tmp_path / "tree"), str(tmp_path / "rec"), shard_mb=0.001,
                       validation_fraction=0.25)

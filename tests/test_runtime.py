@@ -1,7 +1,6 @@
 """The runtime in-process: CPU ranges, the placement table, thread counts, rank-0 decisions and
 rank-0 logging, on a world of one (the multi-rank paths run under horovodrun elsewhere)."""
 
-import os
 
 import pytest
 from absl import logging

@@ -3,24 +3,10 @@ then --eval_only of its checkpoint. Seconds, where every other end-to-end check 
 
 import json
 import os
-import signal
 
-import pytest
-import tensorflow as tf
 
 from resnet.config import Config
 from resnet.training import job
-
-
-@pytest.fixture()
-def restored_process_state():
-    """job.run sets signal handlers and Keras's precision policy for its process: put them back
-    for the tests that run after this one in the same process."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    yield
-    for s, h in handlers.items():
-        signal.signal(s, h)
-    tf.keras.mixed_precision.set_global_policy("float32")
 
 
 def test_one_tiny_epoch_then_eval_only(tmp_path, restored_process_state):
