@@ -13,8 +13,13 @@ Fusion packs them as in training. Nothing else is computed: this machine's 2 cor
 hosts share, only move bytes. Each setting is timed for --iters allreduces after 2 warm-up ones,
 and the settings run in a new order each round. Raw figures go to bench_out/allreduce.json.
 
-Horovod's levers (fusion threshold, cycle time, hierarchical allreduce, autotune) are measured
-the same way at the slowest rate, on 2 hosts, with --levers.
+Horovod's levers (fusion threshold, cycle time, hierarchical allreduce, autotune), and the
+allreduce algorithm under them (Open MPI's ring forced, Gloo's), are measured the same way at the
+slowest rate, on every --hosts count, with --levers.
+
+--end_to_end instead times train_dist.py itself across the hosts (synthetic data, every stage
+training so the whole 90 MiB crosses the link each step) and holds its images/s against the
+model's: the step's compute (measured on one host, same settings) plus the modelled allreduce.
 """
 
 import argparse
@@ -36,6 +41,12 @@ LEVERS = {  # name: the environment it sets (Horovod 0.28.1 reads each at start-
     "cycle time 10 ms": {"HOROVOD_CYCLE_TIME": "10"},
     "hierarchical allreduce": {"HOROVOD_HIERARCHICAL_ALLREDUCE": "1"},
     "autotune": {"HOROVOD_AUTOTUNE": "1"},
+    # Not Horovod's levers but the algorithm under them: Horovod's CPU allreduce is Open MPI's
+    # MPI_Allreduce, whose tuned component picks an algorithm by message size and rank count;
+    # 4 forces the ring (what the model assumes). Gloo's allreduce is a ring of its own.
+    "Open MPI ring": {"OMPI_MCA_coll_tuned_use_dynamic_rules": "1",
+                      "OMPI_MCA_coll_tuned_allreduce_algorithm": "4"},
+    "Gloo allreduce": {"HOROVOD_CPU_OPERATIONS": "gloo"},
 }
 
 
@@ -100,8 +111,8 @@ def run(rates, host_counts, compressions, iters, rounds, levers) -> list:
         raise SystemExit(f"error: {why}")
     settings = [(r, h, c, "defaults") for r in rates for h in host_counts for c in compressions]
     if levers:
-        settings += [(rates[0], 2, "none", name) for name in LEVERS if name != "defaults"]
-        settings += [(rates[0], 2, "fp16", "defaults")] * ("fp16" not in compressions)
+        settings += [(rates[0], h, "none", name) for h in host_counts for name in LEVERS
+                     if name != "defaults"]
     rows = {s: [] for s in settings}
     with netcluster.Cluster(hosts=max(host_counts)) as cluster:
         for round_ in range(rounds):
@@ -130,6 +141,63 @@ def run(rates, host_counts, compressions, iters, rounds, levers) -> list:
     return out
 
 
+def _train(cluster, hosts: int, compression: str, steps: int) -> dict:
+    """train_dist.py on `hosts` hosts, 1 rank and 1 thread each: its metrics.json."""
+    import tempfile
+    from benchmarks.common import train_dist_args
+    names = cluster.names[:hosts]
+    hr = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
+        args = train_dist_args(32, "fp32", 64, steps, tmp, ranks=hosts,
+                               extra=[f"--gradient_compression={compression}",
+                                      "--intra_op_threads=1", "--inter_op_threads=1"])
+        cmd = [hr, "-np", str(hosts), "-H", ",".join(f"{h}:1" for h in names),
+               "--network-interfaces", "eth0", sys.executable, "train_dist.py", *args]
+        out = cluster.run(names[0], cmd, cwd=ROOT, timeout=1800, check=False,
+                          env=cluster.env(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT))
+        if out.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} exited {out.returncode}:\n{out.stderr[-3000:]}")
+        with open(os.path.join(tmp, "metrics.json")) as f:
+            metrics = json.load(f)
+    steps_s = metrics["train_step_seconds"]
+    return {"step_s": statistics.median(steps_s) if isinstance(steps_s, list) else steps_s,
+            "images_per_second": metrics["images_per_second"],
+            "command": " ".join(["horovodrun"] + cmd[1:]).replace(ROOT + "/", "")}
+
+
+def end_to_end(rates, compressions, steps: int, rounds: int) -> list:
+    """train_dist.py's images/s on 2 hosts per link against compute + the modelled allreduce."""
+    import netcluster
+    from resnet.launch import cost_model
+    settings = [("unshaped", 1, "none")] + [(r, 2, c) for r in rates for c in compressions]
+    got = {s: [] for s in settings}
+    with netcluster.Cluster(hosts=2) as cluster:
+        for round_ in range(rounds):
+            for rate, hosts, comp in (settings if round_ % 2 == 0 else settings[::-1]):
+                for h in cluster.names:
+                    cluster.unshape(h) if rate == "unshaped" else cluster.shape(h, rate)
+                got[(rate, hosts, comp)].append(_train(cluster, hosts, comp, steps))
+                print(f"end to end {rate} {hosts} host(s) {comp}: "
+                      f"{got[(rate, hosts, comp)][-1]['images_per_second']:.1f} images/s",
+                      flush=True)
+    compute = statistics.median(r["step_s"] for r in got[("unshaped", 1, "none")])
+    rows = []
+    for (rate, hosts, comp), runs in got.items():
+        rate_s = statistics.median(r["images_per_second"] for r in runs)
+        if hosts == 1 or rate == "unshaped":
+            model = None
+        else:
+            nbytes = cost_model.gradient_bytes("fp16" if comp == "fp16" else "fp32")
+            from netcluster import _rate_bits
+            model = 64 * hosts / (compute + cost_model.allreduce_seconds(
+                hosts, nbytes, _rate_bits(rate) / 1e9))
+        rows.append({"rate": rate, "hosts": hosts, "compression": comp,
+                     "images_per_second": rate_s, "model_images_per_second": model,
+                     "measured_over_model": rate_s / model if model else None,
+                     "compute_step_s": compute, "command": runs[0]["command"]})
+    return rows
+
+
 def markdown(rows) -> str:
     lines = ["| link | hosts | gradients | lever | measured s, median (min-max) | model s | "
              "measured / model | bus Gb/s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -153,12 +221,23 @@ def main():
     p.add_argument("--compressions", default="none,fp16")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--levers", action="store_true")
+    p.add_argument("--end_to_end", action="store_true")
+    p.add_argument("--steps", type=int, default=8)
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out", "allreduce.json"))
     a = p.parse_args()
     if a.worker:
         return worker(a.compression, a.iters)
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     started = time.time()
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    if a.end_to_end:
+        rows = end_to_end(a.rates.split(","), a.compressions.split(","), a.steps, a.rounds)
+        with open(a.out.replace(".json", "_end_to_end.json"), "w") as f:
+            json.dump({"rows": rows, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
+                      f, indent=1)
+        for r in rows:
+            print(json.dumps(r))
+        return
     rows = run(a.rates.split(","), [int(h) for h in a.hosts.split(",")],
                a.compressions.split(","), a.iters, a.rounds, a.levers)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)

@@ -13,6 +13,7 @@ import cifar_files
 from conftest import ROOT, job_env
 from resnet.config import Config
 from resnet.data import tfrecords
+from resnet.errors import UsageError
 from resnet.predict import predict
 from resnet.training import job
 
@@ -66,3 +67,12 @@ def test_refused_data_exits_2_and_writes_nothing(tmp_path, damage):
                 else "1 class folder(s) (circle); a classifier needs at least 2")
     assert expected in proc.stderr
     assert not os.path.exists(tmp_path / "m")
+
+
+def test_model_dir_of_another_data_set_is_refused(tmp_path, restored_process_state):
+    cifar_files.write_tree(str(tmp_path / "four"), CLASSES, 3, size=(64, 64), test_per_class=1)
+    cifar_files.write_tree(str(tmp_path / "two"), CLASSES[:2], 3, size=(64, 64),
+                           test_per_class=1)
+    job.run(_config(tmp_path / "four", tmp_path / "m"))
+    with pytest.raises(UsageError, match="model has 4 classes, the data set has 2.*new --model_dir"):
+        job.run(_config(tmp_path / "two", tmp_path / "m"))

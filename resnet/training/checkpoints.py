@@ -16,10 +16,10 @@ import tempfile
 from typing import List, Optional
 
 import tensorflow as tf
-
 from absl import logging
 
 from resnet import fileio
+from resnet.errors import UsageError
 
 _NAME = re.compile(r"^ckpt-(\d{4})-(\d{6})$")
 STATE = "state.json"
@@ -111,6 +111,21 @@ def latest(model_dir: str) -> Optional[str]:
 def read_state(path: str) -> State:
     with open(os.path.join(path, STATE)) as f:
         return State(**json.load(f))
+
+
+def check_classes(path: str, num_classes: int) -> None:
+    """Refuse to resume a checkpoint whose head has another number of classes than the data set
+    (a --model_dir reused for another data set), before a restore fails on the shapes."""
+    reader = tf.train.load_checkpoint(os.path.join(path, "vars"))
+    # The head is the model's one 2-D kernel (2048 pooled features -> classes): ResNet50's
+    # own kernels are all 4-D convolutions.
+    heads = [shape[1] for name, shape in reader.get_variable_to_shape_map().items()
+             if len(shape) == 2 and shape[0] == 2048 and "kernel" in name
+             and "OPTIMIZER_SLOT" not in name]
+    if heads and heads[0] != num_classes:
+        raise UsageError(f"{path}: this checkpoint's model has {heads[0]} classes, the data set "
+                         f"has {num_classes}; --model_dir holds a run on other data: give a new "
+                         "--model_dir (or the --data_dir it was trained on)")
 
 
 def restore(path: str, trackables: dict) -> None:

@@ -36,12 +36,20 @@ def run(config: Config) -> dict:
     world_lib.chief_decides(world, lambda: results.check_model_dir(config.model_dir))
     model_lib.set_precision(config.precision, warn=world.is_chief)
     data = source.load(config, world)
-    resume = world_lib.chief_decides(world, lambda: checkpoints.latest(config.model_dir))
+    resume = world_lib.chief_decides(world, lambda: _resumable(config, len(data.class_names)))
     if config.eval_only:
         test_metrics, extra, history = eval_only.run(config, world, data, resume)
         return results.finish(config, world, None, test_metrics, history, extra,
                               data.class_names)
     return _train(config, world, data, resume)
+
+
+def _resumable(config: Config, num_classes: int):
+    """The checkpoint to resume (or evaluate), if any, checked against the data set."""
+    resume = checkpoints.latest(config.model_dir)
+    if resume:
+        checkpoints.check_classes(resume, num_classes)
+    return resume
 
 
 def _announce(requested: Config, config: Config) -> None:
