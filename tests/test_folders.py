@@ -61,6 +61,17 @@ def test_any_classes_and_sizes_are_streamed(tmp_path):
         load(tmp_path, data_loading="memory")
 
 
+def test_class_names_beyond_ascii_stream(tmp_path):
+    index = cifar_files.write_tree(str(tmp_path), ["café", "naïve"], 2, size=(70, 70),
+                                   test_per_class=1)
+    data = load(tmp_path, data_loading="stream")
+    assert data.class_names == ("café", "naïve")
+    shard = sharding.eval_shard(2, 0, 1, 2)
+    (x, y, _), = list(pipeline.eval_dataset(data.test, shard, 2, 2, image_size=48))
+    assert sorted(cifar_files.index_of(im[24, 24]) for im in x.numpy()) == sorted(
+        k for p, k in index.items() if "/test/" in p)
+
+
 def test_uniform_large_images_fit_in_memory_or_stream_on_request(tmp_path):
     cifar_files.write_tree(str(tmp_path), ["a", "b"], 3, size=(80, 80), test_per_class=1)
     data = load(tmp_path)

@@ -54,9 +54,9 @@ def _read_record(path, offset, length):
 def _encoded(split: StreamSplit, idx: np.ndarray) -> tf.data.Dataset:
     """The encoded image bytes of split[idx], in order, read as the dataset is iterated."""
     if not split.records:
-        ds = tf.data.Dataset.from_tensor_slices(split.paths[idx].astype(str))
+        ds = tf.data.Dataset.from_tensor_slices(_utf8(split.paths[idx]))
         return ds.map(tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = tf.data.Dataset.from_tensor_slices((split.paths[idx].astype(str), split.offsets[idx],
+    ds = tf.data.Dataset.from_tensor_slices((_utf8(split.paths[idx]), split.offsets[idx],
                                              split.lengths[idx]))
 
     def read(path, offset, length):
@@ -65,6 +65,11 @@ def _encoded(split: StreamSplit, idx: np.ndarray) -> tf.data.Dataset:
         return tf.io.parse_single_example(
             record, {ENCODED: tf.io.FixedLenFeature([], tf.string)})[ENCODED]
     return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _utf8(paths: np.ndarray) -> np.ndarray:
+    """Paths as UTF-8 bytes (a byte per ASCII character; numpy's str takes four)."""
+    return np.char.encode(paths.astype(str), "utf-8")
 
 
 def _seeds(shard: sharding.Shard, seed: int, epoch: int) -> np.ndarray:
@@ -82,44 +87,47 @@ def train_dataset(split, shard: sharding.Shard, batch_size: int, seed: int, epoc
     """One epoch of (image, one-hot label, weight) batches for this rank; `skip_steps` drops the
     batches a mid-epoch checkpoint already trained on. `image_size`: the side the pipeline crops
     to, for images it does not leave to the model (DataSet.input_size)."""
-    idx = shard.indices[skip_steps * batch_size:]
-    labels = tf.one_hot(split.labels[idx], num_classes)  # one-hot for label smoothing
-    weights, seeds = shard.weights[skip_steps * batch_size:], _seeds(shard, seed, epoch)[
-        skip_steps * batch_size:]
-    if isinstance(split, Split) and split.images.shape[1] <= SMALL_IMAGE:
-        ds = tf.data.Dataset.from_tensor_slices((split.images[idx], labels, weights, seeds))
-        ds = ds.map(lambda x, y, w, s: (_pad_crop_flip(x, s), y, w),
+    start = skip_steps * batch_size
+    idx, weights = shard.indices[start:], shard.weights[start:]
+    seeds = _seeds(shard, seed, epoch)[start:]
+    # Labels go in as integers and become one-hot (for label smoothing) per example: a dense
+    # one-hot table of a large set's labels would cost N x classes floats up front.
+    meta = (split.labels[idx], weights, seeds)
+    if _small_in_memory(split):
+        ds = tf.data.Dataset.from_tensor_slices((split.images[idx],) + meta)
+        ds = ds.map(lambda x, y, w, s: (_pad_crop_flip(x, s), tf.one_hot(y, num_classes), w),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return _batched(ds, batch_size)
-    meta = tf.data.Dataset.from_tensor_slices((labels, weights, seeds))
-    if isinstance(split, Split):
-        pictures = tf.data.Dataset.from_tensor_slices(split.images[idx])
-    else:
-        pictures = _encoded(split, idx).map(images.tf_decode,
-                                            num_parallel_calls=tf.data.AUTOTUNE)
-    ds = tf.data.Dataset.zip((pictures, meta)).map(
-        lambda x, m: (_train_image(x, m[2], image_size), m[0], m[1]),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = tf.data.Dataset.zip((_pictures(split, idx), tf.data.Dataset.from_tensor_slices(meta)))
+    ds = ds.map(lambda x, m: (_train_image(x, m[2], image_size), tf.one_hot(m[0], num_classes),
+                              m[1]), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _batched(ds, batch_size)
 
 
 def eval_dataset(split, shard: sharding.Shard, batch_size: int, num_classes: int = 10,
                  image_size: int = 0) -> tf.data.Dataset:
-    labels = tf.one_hot(split.labels[shard.indices], num_classes)
-    if isinstance(split, Split) and split.images.shape[1] <= SMALL_IMAGE:
-        ds = tf.data.Dataset.from_tensor_slices((split.images[shard.indices], labels,
-                                                 shard.weights))
+    meta = (split.labels[shard.indices], shard.weights)
+    if _small_in_memory(split):
+        ds = tf.data.Dataset.from_tensor_slices((split.images[shard.indices],) + meta)
+        ds = ds.map(lambda x, y, w: (x, tf.one_hot(y, num_classes), w))
         return _batched(ds, batch_size)
-    if isinstance(split, Split):
-        pictures = tf.data.Dataset.from_tensor_slices(split.images[shard.indices])
-    else:
-        pictures = _encoded(split, shard.indices).map(images.tf_decode,
-                                                      num_parallel_calls=tf.data.AUTOTUNE)
-    meta = tf.data.Dataset.from_tensor_slices((labels, shard.weights))
-    ds = tf.data.Dataset.zip((pictures, meta)).map(
-        lambda x, m: (_test_image(x, image_size), m[0], m[1]),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = tf.data.Dataset.zip((_pictures(split, shard.indices),
+                              tf.data.Dataset.from_tensor_slices(meta)))
+    ds = ds.map(lambda x, m: (_test_image(x, image_size), tf.one_hot(m[0], num_classes), m[1]),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _batched(ds, batch_size)
+
+
+def _small_in_memory(split) -> bool:
+    return isinstance(split, Split) and split.images.shape[1] <= SMALL_IMAGE
+
+
+def _pictures(split, idx: np.ndarray) -> tf.data.Dataset:
+    """The uint8 images split[idx], in order: from memory, or read and decoded in parallel."""
+    if isinstance(split, Split):
+        return tf.data.Dataset.from_tensor_slices(split.images[idx])
+    return _encoded(split, idx).map(images.tf_decode, num_parallel_calls=tf.data.AUTOTUNE,
+                                    deterministic=True)
 
 
 def synthetic(num_train: int, num_test: int, num_classes: int = 10, seed: int = 0):
