@@ -1,7 +1,9 @@
+import http.server
 import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -105,3 +107,22 @@ def restored_process_state():
         signal.signal(s, h)
     import tensorflow as tf
     tf.keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture()
+def served(tmp_path):
+    """An HTTP server on 127.0.0.1 serving tmp_path/www."""
+    www = tmp_path / "www"
+    www.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(www), **k)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()

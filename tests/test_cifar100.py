@@ -117,3 +117,14 @@ def test_confusion_picture_gives_each_of_100_classes_room(tmp_path):
     width, height = Image.open(tmp_path / "c.png").size
     assert width >= 100 * 14 and height >= 100 * 14  # a row of pixels per name, at least 14
     assert Image.open(tmp_path / "c10.png").size[0] < width / 2
+
+
+def test_download_of_cifar100_checks_its_own_md5(tmp_path, splits100, served):
+    """A mirror serving a CIFAR-100 archive that is not the official one: refused by the
+    official CIFAR-100 MD5, nothing kept (a real HTTP server on loopback)."""
+    www, base = served
+    folder = cifar_files.write_python100(str(tmp_path / "src"), *splits100)
+    cifar_files.make_tar(folder, str(www / "cifar-100-python.tar.gz"), "cifar-100-python")
+    with pytest.raises(UsageError, match="expected eb9058c3a382ffc7106e4002c42a8d85"):
+        locate.fetch("cifar100", str(tmp_path / "dest"), f"{base}/cifar-100-python.tar.gz")
+    assert os.listdir(tmp_path / "dest") == []

@@ -1,11 +1,9 @@
 """Finding the data, and --download against a real HTTP server on loopback (never the network)."""
 
 import hashlib
-import http.server
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -13,25 +11,6 @@ import cifar_files
 from conftest import ROOT, job_env
 from resnet.data import locate
 from resnet.errors import UsageError
-
-
-@pytest.fixture()
-def served(tmp_path):
-    """An HTTP server on 127.0.0.1 serving tmp_path/www."""
-    www = tmp_path / "www"
-    www.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **k):
-            super().__init__(*a, directory=str(www), **k)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield www, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def _archive(tmp_path, splits):
