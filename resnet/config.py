@@ -211,8 +211,8 @@ def _check_sizes_and_paths(c: Config) -> None:
         raise UsageError(f"--image_size={c.image_size}: ResNet50 needs at least 32 pixels "
                          "(the 32x32 images are resized up to it)")
     if c.image_size > 512:
-        raise UsageError(f"--image_size={c.image_size}: above 512 pixels a 32x32 image gains "
-                         "nothing and a CPU step takes minutes; use 32 to 224")
+        raise UsageError(f"--image_size={c.image_size}: above 512 pixels a CPU step takes "
+                         "minutes; use 32 to 224 for CIFAR, up to 512 for your own photos")
     if c.weights not in ("imagenet", "none") and not os.path.isfile(c.weights):
         raise UsageError(f"--weights={c.weights}: no such file; pass the ResNet50 no-top .h5, "
                          "'imagenet' (Keras downloads it) or 'none'")

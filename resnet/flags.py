@@ -60,8 +60,9 @@ def define(flag_values=flags.FLAGS) -> None:
     f.DEFINE_integer("max_test_examples", None, "Use a fixed subset of this many test images.")
     f.DEFINE_string("weights", _D.weights, "'imagenet' (Keras download), 'none', or a path to "
                     "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5.")
-    f.DEFINE_integer("image_size", _D.image_size, "Pixels fed to ResNet50 (32x32 images are "
-                     "resized up inside the model): more is more accurate and slower.")
+    f.DEFINE_integer("image_size", _D.image_size, "Pixels fed to ResNet50: CIFAR's 32x32 images "
+                     "are resized up inside the model, larger images are cropped to it as they "
+                     "are read. More is more accurate and slower (224 for photos).")
     f.DEFINE_integer("start_image_size", _D.start_image_size, "Progressive resizing: every "
                      "epoch but the last trains at this size (e.g. 96), the last at --image_size "
                      "(e.g. 128). 0: every epoch at --image_size.")
