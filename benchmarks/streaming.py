@@ -8,7 +8,7 @@ content at about photo-like sizes, and beside it a tree with the first half of e
 (hard links). For each tree, in its own process on one core (a rank of the 2 x 1 layout):
 index it as train_dist.py does (source.open_data, --data_loading=stream), then run --batches
 batches of the training pipeline at 224 px (decode, random resized crop, flip) and report
-images/s and the process's peak RSS. Then the training step at 224 px of one rank on one core
+images/s and the process's peak RSS; the same for the half tree converted to TFRecords. Then the training step at 224 px of one rank on one core
 (train_dist.py, synthetic data, the default --train_from=conv4, fp32). Raw figures go to
 bench_out/streaming.json.
 """
@@ -129,14 +129,19 @@ def main():
     if args.worker:
         return worker(args.worker, args.batches)
     full, half = make_trees(args.tree, args.images)
-    rows = {"half": measure_tree(half, args.batches), "full": measure_tree(full, args.batches)}
+    records = half + "-tfrecords"
+    if not os.path.isdir(records):
+        from resnet.data import tfrecords
+        tfrecords.convert(half, records, shard_mb=100, validation_fraction=0.02)
+    rows = {"half": measure_tree(half, args.batches), "full": measure_tree(full, args.batches),
+            "tfrecords": measure_tree(records, args.batches)}
     rows["train_224"] = train_rate()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=2)
-    for name in ("half", "full"):
+    for name in ("half", "full", "tfrecords"):
         r = rows[name]
-        print(f"{r['images']} JPEGs: indexed in {r['index_seconds']:.1f} s; pipeline "
+        print(f"{name}: {r['images']} JPEGs: indexed in {r['index_seconds']:.1f} s; pipeline "
               f"{r['images_per_second']:.1f} images/s at {CROP} px; peak RSS "
               f"{r['peak_rss_mib_indexed']:.0f} MiB after indexing, {r['peak_rss_mib']:.0f} MiB "
               "after the batches")

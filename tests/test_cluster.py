@@ -220,43 +220,33 @@ def _sbatch(slurm, tmp_path, name, model_dir, image_tar, *flags, launcher="srun"
     return job, out
 
 
-def test_slurm_job_spans_two_nodes_with_srun_and_resumes_with_mpirun(slurm, tmp_path,
-                                                                      image_tar):
-    """About 3-4 minutes: two batch jobs, each a 2-rank TensorFlow start-up on shared cores."""
+def test_slurm_job_spans_two_nodes_is_preempted_requeued_then_resumed_under_mpirun(
+        slurm, tmp_path, image_tar):
+    """About 5-6 minutes: the srun job runs twice (before and after its requeue; Slurm waits
+    KillWait and the requeue delay between them), then a resubmission under mpirun."""
     model_dir = tmp_path / "m"
-    job, out = _sbatch(slurm, tmp_path, "srun", model_dir, image_tar, "--epochs=1")
-    info = slurm.wait(job, timeout=900)
+    job, out = _sbatch(slurm, tmp_path, "srun", model_dir, image_tar, "--epochs=2")
+    slurm.preempt_when(job, out, "epoch 1/2 step 2/")
+    info = slurm.wait(job, timeout=1200, until=("COMPLETED", "FAILED", "CANCELLED"))
     log = out.read_text()
-    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-3000:]
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-4000:]
     assert "command: srun --ntasks=2 --ntasks-per-node=1 --cpus-per-task=2" in log
     assert _placement(log) == [("0", "node1"), ("1", "node2")], log[-3000:]
+    assert f"requeueing job {job}" in log and "resuming from" in log
+    assert int(info.get("Restarts", "0")) == 1
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     # Resubmitted under mpirun (Open MPI reads the allocation): it resumes where srun ended.
-    job, out = _sbatch(slurm, tmp_path, "mpirun", model_dir, image_tar, "--epochs=2",
+    job, out = _sbatch(slurm, tmp_path, "mpirun", model_dir, image_tar, "--epochs=3",
                        launcher="mpirun")
     info = slurm.wait(job, timeout=900)
     log = out.read_text()
     assert info["JobState"] == "COMPLETED", log[-3000:]
     assert "command: mpirun -np 2 --map-by ppr:1:node:pe=2" in log
     assert _placement(log) == [("0", "node1"), ("1", "node2")], log[-3000:]
-    assert "resuming from" in log and "epoch 2, step 0" in log
+    assert "resuming from" in log and "epoch 3, step 0" in log
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    assert [h["epoch"] for h in metrics["history"]] == [1, 2] and metrics["world_size"] == 2
-
-
-def test_slurm_preemption_across_nodes_checkpoints_requeues_and_resumes(slurm, tmp_path,
-                                                                        image_tar):
-    """About 4-5 minutes: the job runs twice (before and after its requeue), and Slurm waits
-    KillWait and the requeue delay between them."""
-    model_dir = tmp_path / "m"
-    job, out = _sbatch(slurm, tmp_path, "preempt", model_dir, image_tar, "--epochs=2")
-    slurm.preempt_when(job, out, "epoch 1/2 step 2/")
-    info = slurm.wait(job, timeout=1200, until=("COMPLETED", "FAILED", "CANCELLED"))
-    log = out.read_text()
-    assert info["JobState"] == "COMPLETED", log[-4000:]
-    assert f"requeueing job {job}" in log and "resuming from" in log
-    assert int(info.get("Restarts", "0")) == 1
-    metrics = json.loads((model_dir / "metrics.json").read_text())
-    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3] and metrics["world_size"] == 2
 
 
 # --- Elastic across hosts ----------------------------------------------------------------------
@@ -338,6 +328,10 @@ def test_elastic_a_host_joins_then_its_rank_is_killed_and_the_others_finish(clus
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, log[-6000:]
     assert re.search(r"elastic: 2 rank\(s\), global batch 8; at epoch 1, 0 of 80", log)
+    # node3 took the weights and the position of the last commit: training went on from there
+    # with 3 ranks, not from the start of the epoch.
+    joined = re.search(r"elastic: 3 rank\(s\), global batch 12; at epoch (\d), (\d+) of 80", log)
+    assert joined and (int(joined.group(1)), int(joined.group(2))) > (1, 0), log[-4000:]
     back = re.findall(r"elastic: 2 rank\(s\), global batch 8; at epoch (\d), (\d+) of 80", log)
     assert len(back) >= 2, log[-4000:]  # the start, and the roll-back after node3's rank died
     trained = json.loads((model_dir / "metrics.json").read_text())
