@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 
 from resnet.data import images, loading
-from resnet.data.splits import DataSet, StreamSplit, subset
+from resnet.data.splits import DataSet, StreamSplit, subset_indices
 from resnet.data.tree import Tree
 from resnet.errors import UsageError
 
@@ -141,7 +141,7 @@ def load(tree: Tree, prefix: str, validation_fraction: float, loading_mode: str,
     splits, sizes = [], []
     for by, limit in ((train_by, max_train), (test_by, max_test)):
         files, labels = flatten(by, names)
-        keep = subset(np.arange(len(files)), limit)  # before the check: only these are read
+        keep = subset_indices(len(files), limit)  # before the check: only these are read
         files, labels = [files[i] for i in keep], labels[keep]
         kept, found = _check(tree, files, skip_bad)
         splits.append(([files[i] for i in kept], labels[kept]))

@@ -18,9 +18,9 @@ import numpy as np
 import tensorflow as tf
 
 from resnet.data import images, sharding
+from resnet.data.tfrecords import ENCODED
 from resnet.data.splits import SMALL_IMAGE, Split, StreamSplit
 
-ENCODED = "image/encoded"  # TFRecords: the field holding the image (tfrecords.py)
 PAD = 4  # pixels of zero padding before the random 32x32 crop (the usual CIFAR recipe)
 
 

@@ -49,12 +49,19 @@ class StreamSplit:
                            None if self.lengths is None else self.lengths[keep])
 
 
+def subset_indices(n: int, limit: Optional[int]) -> np.ndarray:
+    """The sorted indices of a fixed subset of `limit` of n examples (the same for every rank
+    and every --seed); all n when limit is None or not below n."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.RandomState(SUBSET_SEED).permutation(n)[:limit])
+
+
 def subset(split, limit: Optional[int]):
-    """A fixed subset of `limit` examples (the same for every rank and every --seed)."""
+    """A split's fixed subset of `limit` examples (subset_indices)."""
     if limit is None or limit >= len(split):
         return split
-    keep = np.sort(np.random.RandomState(SUBSET_SEED).permutation(len(split))[:limit])
-    return split.take(keep)
+    return split.take(subset_indices(len(split), limit))
 
 
 @dataclasses.dataclass(frozen=True)
