@@ -95,6 +95,9 @@ class Cluster:
         mem_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 - 1024
         for sub in ("state", "spool", "tmp"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
+        # cred_expire: a requeued job waits this long before it may start again (slurm.conf(5);
+        # the default 120 s is most of a pre-emption test's wall time). 20 s still covers a
+        # step's launch on this loaded machine, which the credential must outlive.
         with open(self.conf, "w") as f:
             f.write(f"""ClusterName=resnettest
 SlurmctldHost={self._controller()}
@@ -102,6 +105,7 @@ SlurmctldPort=16817
 SlurmdPort=16818
 SlurmUser=root
 AuthType=auth/munge
+AuthInfo=cred_expire=20
 StateSaveLocation={self.dir}/state
 SlurmdSpoolDir={self.dir}/spool{self._per_node}
 SlurmctldPidFile={self.dir}/slurmctld.pid
