@@ -365,3 +365,39 @@ def test_elastic_a_host_whose_link_is_cut_is_left_behind(cluster, tmp_path, imag
     trained = json.loads((model_dir / "metrics.json").read_text())
     assert trained["world_size"] == 2 and trained["history"][-1]["world_size"] == 2
     _eval_alone_equals(cluster, image_tar, model_dir, trained)
+
+
+# --- The test cluster's own clean-up ------------------------------------------------------------
+
+def test_a_cluster_signalled_again_while_it_stops_still_leaves_nothing_behind():
+    """`timeout` forwards its SIGTERM to a child that `pkill` also hit: the second one used to
+    land inside stop() and leave the namespaces and sshds behind."""
+    why = netcluster.unavailable()
+    if why:
+        pytest.skip(f"no emulated cluster here: {why}")
+    proc = subprocess.Popen([PYTHON, os.path.join(ROOT, "tools", "netcluster.py"), "--hosts",
+                             "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tag = f"rc{proc.pid}-"
+    try:
+        up = proc.stdout.readline()
+        assert up.startswith("hosts node1, node2"), up + proc.stdout.read()
+        up += proc.stdout.readline() + proc.stdout.readline()
+        workdir = re.search(r"through (\S+)/bin/ssh", up).group(1)
+        deadline = time.time() + 120
+        while proc.poll() is None:  # SIGTERM, then again and again while it stops
+            assert time.time() < deadline, "netcluster.py never ended"
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.02)
+        left = [ns for ns in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                            text=True, timeout=30).stdout.split()
+                if ns.startswith(tag)]
+        assert left == []
+        assert not os.path.exists(workdir)
+        sshds = subprocess.run(["pgrep", "-f", f"sshd -f {workdir}/"], capture_output=True,
+                               text=True, timeout=30).stdout.split()
+        assert sshds == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        netcluster.remove_stale()  # if it failed: what it left, now that its owner is gone

@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -217,7 +218,19 @@ class Cluster:
 
     def stop(self) -> None:
         """Kill every process inside the namespaces, then delete them: a test that failed
-        half-way leaves nothing running and no namespace behind."""
+        half-way leaves nothing running and no namespace behind. A second SIGTERM or Ctrl-C
+        while it runs (`timeout` forwards its own SIGTERM to a child that `pkill` also hit) is
+        held until it is done: interrupted, it left the namespaces and sshds behind."""
+        main = threading.current_thread() is threading.main_thread()  # signal.signal's rule
+        held = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)
+                if main}
+        try:
+            self._stop()
+        finally:
+            for s, handler in held.items():
+                signal.signal(s, handler)
+
+    def _stop(self) -> None:
         for _ in range(3):
             pids = self._pids()
             if not pids:
@@ -321,7 +334,7 @@ def main() -> None:
     with Cluster(a.hosts) as c:
         print(f"hosts {', '.join(c.names)}; run on one with:\n  nsenter --target "
               f"{c.sshd_pids[c.names[0]]} --net --uts --mount -- bash\n  "
-              f"and ssh through {c.bin}/ssh. Ctrl-C stops and removes everything.")
+              f"and ssh through {c.bin}/ssh. Ctrl-C stops and removes everything.", flush=True)
         try:
             signal.pause()
         except KeyboardInterrupt:
