@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -43,10 +42,12 @@ LEVERS = {  # name: the environment it sets (Horovod 0.28.1 reads each at start-
     "autotune": {"HOROVOD_AUTOTUNE": "1"},
     # Not Horovod's levers but the algorithm under them: Horovod's CPU allreduce is Open MPI's
     # MPI_Allreduce, whose tuned component picks an algorithm by message size and rank count;
-    # 4 forces the ring (what the model assumes). Gloo's allreduce is a ring of its own.
+    # 4 forces the ring (what the model assumes). Gloo's allreduce is a ring of its own; it
+    # needs horovodrun --gloo (HOROVOD_CPU_OPERATIONS=gloo under mpirun has no Gloo context:
+    # Horovod 0.28.1 crashes with SIGSEGV in GlooAlgorithms::Allreduce, seen here).
     "Open MPI ring": {"OMPI_MCA_coll_tuned_use_dynamic_rules": "1",
                       "OMPI_MCA_coll_tuned_allreduce_algorithm": "4"},
-    "Gloo allreduce": {"HOROVOD_CPU_OPERATIONS": "gloo"},
+    "Gloo allreduce": {"HOROVODRUN_ARGS": "--gloo"},
     # An artefact of the emulation, not a lever for a real cluster: every host here shares the
     # same 2 cores, and Open MPI busy-polls while it waits unless told the node is
     # oversubscribed. With 3 ranks on 2 cores a spinning rank can keep the one that should
@@ -91,7 +92,9 @@ def worker(compression: str, iters: int) -> None:
 def _measure(cluster, hosts: int, compression: str, iters: int, env: dict) -> dict:
     names = cluster.names[:hosts]
     hr = os.path.join(os.path.dirname(sys.executable), "horovodrun")
-    cmd = [hr, "-np", str(hosts), "-H", ",".join(f"{h}:1" for h in names),
+    env = dict(env)
+    cmd = [hr, *env.pop("HOROVODRUN_ARGS", "").split(), "-np", str(hosts),
+           "-H", ",".join(f"{h}:1" for h in names),
            "--network-interfaces", "eth0", sys.executable, "-m", "benchmarks.allreduce",
            "--worker", f"--compression={compression}", f"--iters={iters}"]
     run_env = cluster.env(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT, OMP_NUM_THREADS="1",
@@ -109,15 +112,15 @@ def _predicted(hosts: int, nbytes: int, rate: str) -> float:
     return cost_model.allreduce_seconds(hosts, nbytes, _rate_bits(rate) / 1e9)
 
 
-def run(rates, host_counts, compressions, iters, rounds, levers) -> list:
+def run(rates, host_counts, compressions, iters, rounds, levers, defaults=True) -> list:
     import netcluster
     why = netcluster.unavailable()
     if why:
         raise SystemExit(f"error: {why}")
-    settings = [(r, h, c, "defaults") for r in rates for h in host_counts for c in compressions]
-    if levers:
-        settings += [(rates[0], h, "none", name) for h in host_counts for name in LEVERS
-                     if name != "defaults"]
+    settings = [(r, h, c, "defaults") for r in rates for h in host_counts for c in compressions
+                if defaults]
+    settings += [(rates[0], h, "none", name) for h in host_counts for name in levers
+                 if name != "defaults"]
     rows = {s: [] for s in settings}
     with netcluster.Cluster(hosts=max(host_counts)) as cluster:
         for round_ in range(rounds):
@@ -128,12 +131,18 @@ def run(rates, host_counts, compressions, iters, rounds, levers) -> list:
                         cluster.unshape(h)
                     else:
                         cluster.shape(h, rate)
-                got = _measure(cluster, hosts, comp, iters, LEVERS[lever])
+                try:
+                    got = _measure(cluster, hosts, comp, iters, LEVERS[lever])
+                except RuntimeError as e:  # one setting's failure is a finding, not the end
+                    print(f"{rate} {hosts} hosts {comp} {lever}: FAILED\n{e}", flush=True)
+                    continue
                 rows[(rate, hosts, comp, lever)].append(got)
                 print(f"{rate} {hosts} hosts {comp} {lever}: "
                       f"{statistics.median(got['seconds']):.3f} s", flush=True)
     out = []
     for (rate, hosts, comp, lever), got in rows.items():
+        if not got:
+            continue
         seconds = [s for g in got for s in g["seconds"]]
         nbytes = got[0]["bytes_fp32"] // (2 if comp == "fp16" else 1)
         predicted = None if rate == "unshaped" else _predicted(hosts, nbytes, rate)
@@ -225,13 +234,19 @@ def main():
     p.add_argument("--hosts", default="2,3")
     p.add_argument("--compressions", default="none,fp16")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--levers", action="store_true")
+    p.add_argument("--levers", nargs="?", const=",".join(LEVERS), default="",
+                   help="measure the levers (all, or these comma-separated names)")
+    p.add_argument("--no_defaults", action="store_true",
+                   help="with --levers: leave out the settings without a lever")
     p.add_argument("--end_to_end", action="store_true")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out", "allreduce.json"))
     a = p.parse_args()
     if a.worker:
         return worker(a.compression, a.iters)
+    unknown = [n for n in a.levers.split(",") if n and n not in LEVERS]
+    if unknown:
+        raise SystemExit(f"error: --levers: unknown {unknown}; known: {', '.join(LEVERS)}")
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     started = time.time()
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
@@ -244,7 +259,8 @@ def main():
             print(json.dumps(r))
         return
     rows = run(a.rates.split(","), [int(h) for h in a.hosts.split(",")],
-               a.compressions.split(","), a.iters, a.rounds, a.levers)
+               a.compressions.split(","), a.iters, a.rounds,
+               [n for n in a.levers.split(",") if n], not a.no_defaults)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump({"rows": rows, "minutes": (time.time() - started) / 60,
