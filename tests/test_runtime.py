@@ -112,3 +112,15 @@ def test_other_ranks_keep_warnings_only():
         assert logging.get_verbosity() == logging.INFO
     finally:
         logging.set_verbosity(before)
+
+
+def test_gloo_operations_without_a_gloo_controller_are_refused():
+    with pytest.raises(UsageError, match="horovodrun --gloo"):
+        world_lib.check_cpu_operations({"HOROVOD_CPU_OPERATIONS": "gloo"})
+    with pytest.raises(UsageError):
+        world_lib.check_cpu_operations({"HOROVOD_CPU_OPERATIONS": " GLOO "})
+    # Under horovodrun --gloo (or elastic) the rendezvous is there: fine. MPI's or unset: fine.
+    world_lib.check_cpu_operations({"HOROVOD_CPU_OPERATIONS": "gloo",
+                                    "HOROVOD_GLOO_RENDEZVOUS_ADDR": "10.0.0.1"})
+    world_lib.check_cpu_operations({"HOROVOD_CPU_OPERATIONS": "mpi"})
+    world_lib.check_cpu_operations({})

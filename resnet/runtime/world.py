@@ -7,6 +7,7 @@ warning or an error still comes from every rank (a rank's own failure must be se
 """
 
 import dataclasses
+import os
 import socket
 from typing import Callable, TypeVar
 
@@ -46,6 +47,7 @@ def start(intra_op_threads: int = 0, inter_op_threads: int = 0) -> World:
         inter = tf.config.threading.get_inter_op_parallelism_threads()
         logging.warning("TensorFlow's thread pools were already made: %d intra-op and %d "
                         "inter-op threads (0: TensorFlow's choice) stay", intra, inter)
+    check_cpu_operations(os.environ)
     import horovod.tensorflow.keras as hvd
     hvd.init()
     world = World(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
@@ -53,6 +55,19 @@ def start(intra_op_threads: int = 0, inter_op_threads: int = 0) -> World:
                   intra_op_threads=intra, inter_op_threads=inter)
     quiet_unless_chief(world)
     return world
+
+
+def check_cpu_operations(environ) -> None:
+    """HOROVOD_CPU_OPERATIONS=gloo asks for Gloo's allreduce, which only a Gloo controller sets
+    up (horovodrun --gloo, or elastic mode). Under mpirun, or with no launcher, Horovod 0.28.1
+    starts without a Gloo context and dies with SIGSEGV at the first allreduce (seen in
+    benchmarks/allreduce.py's levers): refuse it here, with what to do instead."""
+    ops = environ.get("HOROVOD_CPU_OPERATIONS", "").strip().lower()
+    if ops == "gloo" and not environ.get("HOROVOD_GLOO_RENDEZVOUS_ADDR"):
+        raise UsageError("HOROVOD_CPU_OPERATIONS=gloo needs Horovod's Gloo controller, which "
+                         "this process was not started under: launch with horovodrun --gloo "
+                         "(or --elastic), or unset HOROVOD_CPU_OPERATIONS to allreduce with "
+                         "MPI. (Under mpirun Horovod would crash at the first allreduce.)")
 
 
 def quiet_unless_chief(world: World) -> None:
