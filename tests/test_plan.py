@@ -38,6 +38,18 @@ def test_comm_tunings_yield_to_the_users_environment_the_rest_does_not():
     assert plan_lib.launch_env(plan.env, {})["OMPI_MCA_mpi_yield_when_idle"] == "1"
 
 
+def test_across_hosts_open_mpi_allreduces_by_its_ring_unless_the_user_says_otherwise():
+    ring = {"OMPI_MCA_coll_tuned_use_dynamic_rules": "1",
+            "OMPI_MCA_coll_tuned_allreduce_algorithm": "4"}
+    one, two = plan_lib.make(T(1, 2, 1), 2), plan_lib.make(T(1, 2, 1), 2, nodes=2)
+    assert not set(ring) & set(one.env)  # one host: Open MPI's own choice
+    assert ring.items() <= two.env.items()
+    mine = plan_lib.launch_env(two.env, {"OMPI_MCA_coll_tuned_allreduce_algorithm": "6"})
+    assert mine["OMPI_MCA_coll_tuned_allreduce_algorithm"] == "6"
+    command = plan_lib.command(two, "mpirun", ["python", "train_dist.py"], hosts="a:2,b:2")
+    assert "-x OMPI_MCA_coll_tuned_allreduce_algorithm" in " ".join(command)
+
+
 def test_two_sockets_28_cores_no_ht_one_rank_per_socket():
     plan = plan_lib.make(T(2, 28, 1), 2)
     assert plan.cores_per_rank == 28
@@ -117,7 +129,8 @@ def test_dry_run_prints_command_and_env():
                "--epochs=3")
     assert out.returncode == 0, out.stderr
     assert "plan: 2 node(s) x 2 rank(s) = 4; 28 core(s)/rank; intra-op 27, inter-op 2" in out.stdout
-    assert ("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS=600 OMPI_MCA_mpi_yield_when_idle=1 "
+    assert ("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS=600 OMPI_MCA_coll_tuned_allreduce_algorithm=4 "
+            "OMPI_MCA_coll_tuned_use_dynamic_rules=1 OMPI_MCA_mpi_yield_when_idle=1 "
             "OMP_NUM_THREADS=27 TF_ENABLE_ONEDNN_OPTS=1 TF_NUM_INTEROP_THREADS=2") in out.stdout
     command = [l for l in out.stdout.splitlines() if l.startswith("command: ")][0]
     assert command.startswith("command: mpirun -np 4 --map-by ppr:1:socket:pe=28 --bind-to core")

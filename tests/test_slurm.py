@@ -78,8 +78,12 @@ def test_plan_from_slurm_variables():
                        "--cpu-bind=cores", "--mpi=pmix", "--kill-on-bad-exit=1"]
     assert cmd[-4:] == ["py", "t.py", "--model_dir=/m", "--epochs=2"]
     assert extra["OMP_NUM_THREADS"] == "28"  # physical cores of the task
+    assert extra["OMPI_MCA_coll_tuned_allreduce_algorithm"] == "4"  # 4 nodes: the ring
     cmd, _ = slurm.plan(env, "/m", [], "mpirun", "py", "t.py")
     assert cmd[:6] == ["mpirun", "-np", "8", "--map-by", "ppr:2:node:pe=56", "--bind-to"]
+    assert "OMPI_MCA_coll_tuned_allreduce_algorithm" in cmd[cmd.index("-x") + 1::2]
+    _, one = slurm.plan(dict(env, SLURM_NNODES="1"), "/m", [], "srun", "py", "t.py")
+    assert "OMPI_MCA_coll_tuned_allreduce_algorithm" not in one
     with pytest.raises(UsageError, match="no Slurm allocation"):
         slurm.plan({}, "/m", [], "srun", "py", "t.py")
 
