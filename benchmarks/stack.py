@@ -9,6 +9,9 @@ of the checkouts reversed every round so that the machine's drift falls on both.
   git worktree add /tmp/tf215 3da17ca && /tmp/tf215/tools/setup.sh
   .venv/bin/python -m benchmarks.stack /tmp/tf215 .
 
+  # a change to the data code: the CIFAR-10 input pipeline alone, before and after
+  .venv/bin/python -m benchmarks.stack /tmp/before . --pipeline=../shared/data/cifar-10-images.tar.gz
+
 Prints a markdown table (images/s, median of each setting's pooled windows) and writes
 bench_out/stack.json.
 """
@@ -39,6 +42,36 @@ def measure(checkout, what, size):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def input_pipeline(checkout, data):
+    """The checkout's own harness.input_pipeline on the same images: {"decode", "augment"} in
+    images/s on 1 core (10,000 real CIFAR-10 JPEGs decoded, then 60 augmented batches of 64)."""
+    code = ("try:\n import benchmarks.harness as b\nexcept ImportError:\n import resnet.bench as b\n"
+            f"import json; print(json.dumps(b.input_pipeline({data!r}, 64, 2)))")
+    out = subprocess.run([os.path.join(checkout, ".venv", "bin", "python"), "-c", code],
+                         cwd=checkout, capture_output=True, text=True, check=True, timeout=900)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare_pipelines(trees, data, rounds):
+    got = {}  # (tree, stage) -> images/s per round
+    for r in range(rounds):
+        for tree in (["old", "new"] if r % 2 == 0 else ["new", "old"]):
+            print(f"round {r + 1}: {tree} input pipeline", file=sys.stderr, flush=True)
+            for stage, rate in input_pipeline(trees[tree], data).items():
+                got.setdefault((tree, stage), []).append(rate)
+    os.makedirs("bench_out", exist_ok=True)
+    with open(os.path.join("bench_out", "stack_pipeline.json"), "w") as f:
+        json.dump({f"{t}|{s}": v for (t, s), v in got.items()}, f, indent=2)
+    print(f"{rounds} rounds, order alternating; median (min-max) images/s on 1 core\n")
+    print("| stage | old | new | new / old |")
+    print("| --- | --- | --- | --- |")
+    for stage in ("decode", "augment"):
+        o, n = got[("old", stage)], got[("new", stage)]
+        print(f"| {stage} | {statistics.median(o):.0f} ({min(o):.0f}-{max(o):.0f}) | "
+              f"{statistics.median(n):.0f} ({min(n):.0f}-{max(n):.0f}) | "
+              f"{statistics.median(n) / statistics.median(o):.2f} |")
+
+
 def versions(checkout):
     code = ("import resnet, sys, tensorflow as tf, horovod; "
             "print(sys.version.split()[0], tf.__version__, horovod.__version__)")
@@ -54,8 +87,12 @@ def main():
     p.add_argument("new")
     p.add_argument("--sizes", default="32,64")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--pipeline", metavar="DATA",
+                   help="instead: the CIFAR-10 input pipeline alone on DATA (an image tree .tar.gz)")
     a = p.parse_args()
     trees = {"old": os.path.abspath(a.old), "new": os.path.abspath(a.new)}
+    if a.pipeline:
+        return compare_pipelines(trees, os.path.abspath(a.pipeline), a.rounds)
     sizes = [int(s) for s in a.sizes.split(",")]
     windows = {}  # (tree, what, size) -> images/s of every window, all rounds pooled
     for r in range(a.rounds):
