@@ -86,3 +86,15 @@ def test_unwritable_model_dir(tmp_path, image_tar):
                           env=job_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"--model_dir={target}: not writable" in proc.stderr
+
+
+def test_gloo_operations_without_horovodrun_gloo_exit_2_instead_of_crashing(tmp_path, image_tar):
+    # Without the check, this process dies with SIGSEGV (-11) at Horovod's first allreduce.
+    proc = subprocess.run([sys.executable, "train_dist.py", "--weights=none", "--epochs=1",
+                           f"--data_dir={image_tar}", f"--model_dir={tmp_path / 'm'}"], cwd=ROOT,
+                          env=job_env(HOROVOD_CPU_OPERATIONS="gloo"), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "HOROVOD_CPU_OPERATIONS=gloo needs Horovod's Gloo controller" in proc.stderr
+    assert "horovodrun --gloo" in proc.stderr
+    assert not (tmp_path / "m").exists()
