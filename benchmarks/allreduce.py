@@ -19,7 +19,8 @@ slowest rate, on every --hosts count, with --levers.
 
 --end_to_end instead times train_dist.py itself across the hosts (synthetic data, every stage
 training so the whole 90 MiB crosses the link each step) and holds its images/s against the
-model's: the step's compute (measured on one host, same settings) plus the modelled allreduce.
+model's: the step's compute (measured on one host, same settings) plus the modelled allreduce,
+with this emulation's wire efficiency and round cost (TBF_WIRE, EMULATED_ROUND_S).
 """
 
 import argparse
@@ -106,10 +107,20 @@ def _measure(cluster, hosts: int, compression: str, iters: int, env: dict) -> di
     return json.JSONDecoder().raw_decode(found[0].split("RESULT ", 1)[1])[0]
 
 
-def _predicted(hosts: int, nbytes: int, rate: str) -> float:
+# tc tbf counts a packet from its Ethernet header on, with no FCS, preamble or gap: of its
+# 1514 bytes, 1448 are a TCP stream's data (the model's wire efficiency, for this emulation).
+TBF_WIRE = 1448 / 1514
+# The fixed cost of one ring round here, fitted from --levers' Open MPI ring at 2 and 3 hosts
+# (26.8 and 26.4 ms: BENCHMARKS.md). A fabric's is about 5 us (cost_model.LATENCY_S).
+EMULATED_ROUND_S = 0.026
+
+
+def _predicted(hosts: int, nbytes: int, rate: str, round_s: float = None) -> float:
     from resnet.launch import cost_model
     from netcluster import _rate_bits
-    return cost_model.allreduce_seconds(hosts, nbytes, _rate_bits(rate) / 1e9)
+    return cost_model.allreduce_seconds(hosts, nbytes, _rate_bits(rate) / 1e9,
+                                        cost_model.LATENCY_S if round_s is None else round_s,
+                                        wire=TBF_WIRE)
 
 
 def run(rates, host_counts, compressions, iters, rounds, levers, defaults=True) -> list:
@@ -202,9 +213,7 @@ def end_to_end(rates, compressions, steps: int, rounds: int) -> list:
             model = None
         else:
             nbytes = cost_model.gradient_bytes("fp16" if comp == "fp16" else "fp32")
-            from netcluster import _rate_bits
-            model = 64 * hosts / (compute + cost_model.allreduce_seconds(
-                hosts, nbytes, _rate_bits(rate) / 1e9))
+            model = 64 * hosts / (compute + _predicted(hosts, nbytes, rate, EMULATED_ROUND_S))
         rows.append({"rate": rate, "hosts": hosts, "compression": comp,
                      "images_per_second": rate_s, "model_images_per_second": model,
                      "measured_over_model": rate_s / model if model else None,

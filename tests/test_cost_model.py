@@ -13,13 +13,17 @@ def test_gradient_bytes():
 
 def test_ring_allreduce_cost():
     nbytes = 100 * 2**20  # two fused messages
-    # 2 nodes, 25 Gb/s: 2*(1)/2 * bytes / 3.125e9 + 2*1*2*5e-6
-    want = nbytes / 3.125e9 + 2e-5
+    wire = 1448 / 1538  # TCP's data in an Ethernet wire's bytes at MTU 1500
+    # 2 nodes, 25 Gb/s: 2*(1)/2 * bytes / (3.125e9 * wire) + 2*1*2*5e-6
+    want = nbytes / (3.125e9 * wire) + 2e-5
     assert scaling.allreduce_seconds(2, nbytes, 25) == pytest.approx(want)
     assert scaling.allreduce_seconds(1, nbytes, 25) == 0.0
     # The bandwidth term approaches 2 x bytes / bandwidth as N grows.
     big = scaling.allreduce_seconds(1000, nbytes, 100)
-    assert big == pytest.approx(2 * 0.999 * nbytes / 12.5e9 + 2 * 999 * 2 * 5e-6)
+    assert big == pytest.approx(2 * 0.999 * nbytes / (12.5e9 * wire) + 2 * 999 * 2 * 5e-6)
+    # A measured round cost and another wire efficiency (benchmarks/allreduce.py's emulation).
+    emulated = scaling.allreduce_seconds(3, nbytes, 1, latency_s=0.026, wire=1448 / 1514)
+    assert emulated == pytest.approx(4 / 3 * nbytes / (125e6 * 1448 / 1514) + 4 * 2 * 0.026)
 
 
 def test_efficiency_falls_with_nodes_and_rises_with_bandwidth():
@@ -28,3 +32,5 @@ def test_efficiency_falls_with_nodes_and_rises_with_bandwidth():
     assert scaling.efficiency(8, 1.0, scaling.gradient_bytes(), 100) > e[1]
     assert scaling.efficiency(8, 1.0, scaling.gradient_bytes("fp16"), 25) > e[1]
     assert "| 64 |" in scaling.table(1.0, 128)
+    slow = scaling.table(1.0, 128, latency_s=0.026)
+    assert slow != scaling.table(1.0, 128) and "| 64 |" in slow
