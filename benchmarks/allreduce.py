@@ -166,7 +166,7 @@ def run(rates, host_counts, compressions, iters, rounds, levers, defaults=True) 
     return out
 
 
-def _train(cluster, hosts: int, compression: str, steps: int) -> dict:
+def _train(cluster, hosts: int, compression: str, steps: int, no_plan_env=False) -> dict:
     """train_dist.py on `hosts` hosts, 1 rank and 1 thread each: its metrics.json."""
     import tempfile
     from benchmarks.common import train_dist_args
@@ -176,10 +176,17 @@ def _train(cluster, hosts: int, compression: str, steps: int) -> dict:
         args = train_dist_args(32, "fp32", 64, steps, tmp, ranks=hosts,
                                extra=[f"--gradient_compression={compression}",
                                       "--intra_op_threads=1", "--inter_op_threads=1"])
-        cmd = [hr, "-np", str(hosts), "-H", ",".join(f"{h}:1" for h in names),
-               "--network-interfaces", "eth0", sys.executable, "train_dist.py", *args]
+        cmd = [sys.executable, "train_dist.py", *args]
+        if hosts > 1:  # one host: the compute alone, as the debug mode runs (no launcher)
+            cmd = [hr, "-np", str(hosts), "-H", ",".join(f"{h}:1" for h in names),
+                   "--network-interfaces", "eth0"] + cmd
+        # The launch plans' MPI setting (resnet/launch/plan.py COMM_ENV): without it a rank's
+        # MPI spins while it waits and takes the core from its own compute.
+        # (train_dist.py also sets it for itself when it is not set: --no_plan_env shows that.)
+        from resnet.launch.plan import COMM_ENV
         out = cluster.run(names[0], cmd, cwd=ROOT, timeout=1800, check=False,
-                          env=cluster.env(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT))
+                          env=cluster.env(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT,
+                                          **({} if no_plan_env else COMM_ENV)))
         if out.returncode:
             raise RuntimeError(f"{' '.join(cmd)} exited {out.returncode}:\n{out.stderr[-3000:]}")
         with open(os.path.join(tmp, "metrics.json")) as f:
@@ -187,10 +194,11 @@ def _train(cluster, hosts: int, compression: str, steps: int) -> dict:
     steps_s = metrics["train_step_seconds"]
     return {"step_s": statistics.median(steps_s) if isinstance(steps_s, list) else steps_s,
             "images_per_second": metrics["images_per_second"],
-            "command": " ".join(["horovodrun"] + cmd[1:]).replace(ROOT + "/", "")}
+            "command": " ".join(["horovodrun" if cmd[0] == hr else "python"] + cmd[1:]).replace(
+                ROOT + "/", "")}
 
 
-def end_to_end(rates, compressions, steps: int, rounds: int) -> list:
+def end_to_end(rates, compressions, steps: int, rounds: int, no_plan_env=False) -> list:
     """train_dist.py's images/s on 2 hosts per link against compute + the modelled allreduce."""
     import netcluster
     from resnet.launch import cost_model
@@ -201,7 +209,8 @@ def end_to_end(rates, compressions, steps: int, rounds: int) -> list:
             for rate, hosts, comp in (settings if round_ % 2 == 0 else settings[::-1]):
                 for h in cluster.names:
                     cluster.unshape(h) if rate == "unshaped" else cluster.shape(h, rate)
-                got[(rate, hosts, comp)].append(_train(cluster, hosts, comp, steps))
+                got[(rate, hosts, comp)].append(_train(cluster, hosts, comp, steps,
+                                                       no_plan_env))
                 print(f"end to end {rate} {hosts} host(s) {comp}: "
                       f"{got[(rate, hosts, comp)][-1]['images_per_second']:.1f} images/s",
                       flush=True)
@@ -249,6 +258,8 @@ def main():
                    help="with --levers: leave out the settings without a lever")
     p.add_argument("--end_to_end", action="store_true")
     p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--no_plan_env", action="store_true",
+                   help="--end_to_end as plain horovodrun typed by hand: no launch-plan variables")
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out", "allreduce.json"))
     a = p.parse_args()
     if a.worker:
@@ -260,7 +271,8 @@ def main():
     started = time.time()
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     if a.end_to_end:
-        rows = end_to_end(a.rates.split(","), a.compressions.split(","), a.steps, a.rounds)
+        rows = end_to_end(a.rates.split(","), a.compressions.split(","), a.steps, a.rounds,
+                          a.no_plan_env)
         with open(a.out.replace(".json", "_end_to_end.json"), "w") as f:
             json.dump({"rows": rows, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
                       f, indent=1)

@@ -19,7 +19,7 @@ import pytest
 
 import netcluster
 import slurm_cluster
-from conftest import ROOT
+from conftest import ROOT, rank_pids
 from resnet.training import checkpoints
 
 pytestmark = pytest.mark.slow
@@ -308,10 +308,10 @@ def _eval_alone_equals(cluster, image_tar, model_dir, trained):
     assert alone["test_accuracy"] == trained["test_accuracy"]
 
 
-def test_elastic_a_host_joins_then_its_rank_is_killed_and_the_others_finish(cluster, tmp_path,
-                                                                            image_tar):
-    """About 4 minutes: the job re-forms twice (3 ranks when node3 joins, 2 after its rank
-    dies), each time a worker start-up and Horovod's rendezvous, then a 1-process evaluation."""
+def test_elastic_a_host_joins_then_rank_0_is_killed_and_the_others_finish(cluster, tmp_path,
+                                                                          image_tar):
+    """About 4 minutes: the job re-forms twice (3 ranks when node3 joins, 2 after rank 0 dies),
+    each time a worker start-up and Horovod's rendezvous, then a 1-process evaluation."""
     proc, model_dir, hosts = _elastic(cluster, tmp_path, image_tar, "node1:1\nnode2:1\n", 2)
     seen = []
     try:
@@ -320,8 +320,11 @@ def test_elastic_a_host_joins_then_its_rank_is_killed_and_the_others_finish(clus
             f.write("node3:1\n")
         _read_until(proc, r"elastic: 3 rank\(s\)", seen)
         _read_until(proc, r"epoch \d/2 step \d+/", seen)  # node3's rank trains
-        victims = _pids_on(cluster, "node3", str(model_dir))
-        assert len(victims) == 1, victims
+        # Rank 0 (node1's): the checkpoint writer and the root of every broadcast. A survivor
+        # on another host takes both over.
+        victims = rank_pids(0, str(model_dir), "HOROVOD_RANK")
+        assert len(victims) == 1 and victims == _pids_on(cluster, "node1", str(model_dir)), \
+            victims
         os.kill(victims[0], signal.SIGKILL)
         log = _finish(proc, seen)
     finally:
@@ -333,10 +336,17 @@ def test_elastic_a_host_joins_then_its_rank_is_killed_and_the_others_finish(clus
     # with 3 ranks, not from the start of the epoch.
     joined = re.search(r"elastic: 3 rank\(s\), global batch 12; at epoch (\d), (\d+) of 80", log)
     assert joined and (int(joined.group(1)), int(joined.group(2))) > (1, 0), log[-4000:]
+    # After rank 0 died the two left went back to the last commit: at or after the join, not
+    # to the start of the epoch.
     back = re.findall(r"elastic: 2 rank\(s\), global batch 8; at epoch (\d), (\d+) of 80", log)
-    assert len(back) >= 2, log[-4000:]  # the start, and the roll-back after node3's rank died
+    assert len(back) >= 2, log[-4000:]  # the start, and the roll-back
+    assert (int(back[-1][0]), int(back[-1][1])) >= (int(joined.group(1)),
+                                                    int(joined.group(2))), log[-4000:]
     trained = json.loads((model_dir / "metrics.json").read_text())
     assert trained["mode"] == "elastic" and trained["world_size"] == 2
+    assert trained["history"][-1]["world_size"] == 2
+    # The new rank 0 wrote the last epoch's checkpoint.
+    assert checkpoints.all_names(str(model_dir))[-1] == "ckpt-0002-000000"
     _eval_alone_equals(cluster, image_tar, model_dir, trained)
 
 

@@ -2,6 +2,8 @@
 rank-0 logging, on a world of one (the multi-rank paths run under horovodrun elsewhere)."""
 
 
+import os
+
 import pytest
 from absl import logging
 
@@ -124,3 +126,14 @@ def test_gloo_operations_without_a_gloo_controller_are_refused():
                                     "HOROVOD_GLOO_RENDEZVOUS_ADDR": "10.0.0.1"})
     world_lib.check_cpu_operations({"HOROVOD_CPU_OPERATIONS": "mpi"})
     world_lib.check_cpu_operations({})
+
+
+def test_a_rank_started_by_hand_yields_in_mpi_waits_unless_told_otherwise(monkeypatch):
+    # Plain `horovodrun -np 4 python train_dist.py` gets the launch plans' setting too (Open MPI
+    # reads it at MPI_Init, inside hvd.init()); a value already set is left alone.
+    monkeypatch.delenv("OMPI_MCA_mpi_yield_when_idle", raising=False)
+    world_lib.start()
+    assert os.environ["OMPI_MCA_mpi_yield_when_idle"] == "1"
+    monkeypatch.setenv("OMPI_MCA_mpi_yield_when_idle", "0")
+    world_lib.start()
+    assert os.environ["OMPI_MCA_mpi_yield_when_idle"] == "0"
