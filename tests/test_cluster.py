@@ -320,11 +320,10 @@ def test_elastic_a_host_joins_then_rank_0_is_killed_and_the_others_finish(cluste
             f.write("node3:1\n")
         _read_until(proc, r"elastic: 3 rank\(s\)", seen)
         _read_until(proc, r"epoch \d/2 step \d+/", seen)  # node3's rank trains
-        # Rank 0 (node1's): the checkpoint writer and the root of every broadcast. A survivor
-        # on another host takes both over.
+        # Rank 0: the checkpoint writer and the root of every broadcast (Horovod keeps it where
+        # it was when a host joins). A survivor on another host takes both over.
         victims = rank_pids(0, str(model_dir), "HOROVOD_RANK")
-        assert len(victims) == 1 and victims == _pids_on(cluster, "node1", str(model_dir)), \
-            victims
+        assert len(victims) == 1, victims
         os.kill(victims[0], signal.SIGKILL)
         log = _finish(proc, seen)
     finally:
