@@ -94,14 +94,14 @@ def flatten(by_class: Dict[str, List[str]], names: Sequence[str]):
 
 
 def _check(tree: Tree, files: List[str], skip_bad: bool):
-    """(kept indices, sizes): every file's header and end checked, in parallel threads."""
-    def one(rel):
-        if tree.is_folder:
-            return images.check_file(tree.path(rel))
-        return images.check_data(tree.read(rel))
-
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(one, files))
+    """(kept indices, sizes): every file's header and end checked; files on disk in parallel
+    threads (they wait on I/O), an archive's in-memory bytes in a loop (the check is pure
+    Python: 16 threads took 6x as long on 10,000 CIFAR files)."""
+    if tree.is_folder:
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda rel: images.check_file(tree.path(rel)), files))
+    else:
+        results = [images.check_data(tree.read(rel)) for rel in files]
     bad = [(rel, problem) for rel, (_, problem) in zip(files, results) if problem]
     if bad and not skip_bad:
         rel, problem = bad[0]
