@@ -43,8 +43,8 @@ STALL_ENV = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
 COMM_ENV = {"OMPI_MCA_mpi_yield_when_idle": "1"}
 # Across hosts, Open MPI's own choice of allreduce algorithm (coll_tuned's fixed rules, by rank
 # count and message size) measured 2.6x slower than its ring at 3 hosts for ResNet50's fused
-# gradients (3.33 s against 1.26 s at 1 Gb/s; the ring is within 1.26x of the network model,
-# and Gloo's ring, what elastic mode uses, gives the same 1.24 s). At 2 hosts they are equal.
+# gradients (3.33 s against 1.26 s at 1 Gb/s, the ring 1.20x the network model's bandwidth
+# term; Gloo's ring, what elastic mode uses, 1.24 s). At 2 hosts they are equal.
 # So a multi-host plan asks for the ring (algorithm 4; below one element per rank it falls back
 # to recursive doubling). As COMM_ENV: a value already in the environment wins.
 RING_ENV = {"OMPI_MCA_coll_tuned_use_dynamic_rules": "1",
