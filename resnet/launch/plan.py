@@ -51,6 +51,12 @@ RING_ENV = {"OMPI_MCA_coll_tuned_use_dynamic_rules": "1",
             "OMPI_MCA_coll_tuned_allreduce_algorithm": "4"}
 
 
+def rank_env(rank: threads.RankThreads, nodes: int) -> Dict[str, str]:
+    """Every rank's environment, whichever launcher starts it (this plan or Slurm's)."""
+    return {**rank.env(), "TF_ENABLE_ONEDNN_OPTS": "1", **STALL_ENV, **COMM_ENV,
+            **(RING_ENV if nodes > 1 else {})}
+
+
 @dataclasses.dataclass(frozen=True)
 class RankSlot:
     local_rank: int
@@ -136,8 +142,7 @@ def make(t: topo.Topology, ranks_per_node: int, nodes: int = 1, openmp: bool = F
             first = r * cores_per_rank
             sockets = tuple(range(r * sockets_per_rank, (r + 1) * sockets_per_rank))
         slots.append(RankSlot(r, sockets, tuple(range(first, first + cores_per_rank))))
-    env = {**rank.env(), "TF_ENABLE_ONEDNN_OPTS": "1", **STALL_ENV, **COMM_ENV,
-           **(RING_ENV if nodes > 1 else {})}
+    env = rank_env(rank, nodes)
     if openmp:
         env["KMP_AFFINITY"] = ("granularity=fine,compact,1,0" if t.threads_per_core > 1
                                else "granularity=fine,compact")

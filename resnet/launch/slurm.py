@@ -18,7 +18,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 
 from resnet.errors import EXIT_REQUEUE, EXIT_USAGE, UsageError
 from resnet.launch import CHECKOUT
-from resnet.launch.plan import COMM_ENV, RING_ENV, STALL_ENV, launch_env, open_mpi
+from resnet.launch.plan import launch_env, open_mpi, rank_env
 from resnet.launch import topology
 from resnet.runtime import threads
 
@@ -53,8 +53,7 @@ def plan(env: Mapping[str, str], model_dir: str, train_args: Sequence[str], laun
     # Slurm counts logical CPUs; the rule counts physical cores (hyper-thread siblings once).
     cores = max(1, cpus // threads_per_core)
     rank = threads.for_rank(cores, 1, threads_per_core)
-    extra = {**rank.env(), "TF_ENABLE_ONEDNN_OPTS": "1", **STALL_ENV, **COMM_ENV,
-             **(RING_ENV if nodes > 1 else {})}
+    extra = rank_env(rank, nodes)
     program = [python, train_script, f"--model_dir={model_dir}"] + list(train_args)
     n = nodes * per_node
     if launcher == "srun":
