@@ -31,25 +31,25 @@ MEASURE = {
 }
 
 
-def measure(checkout, what, size):
+def _harness(checkout, expression):
+    """`expression` (over `b`, the checkout's harness) evaluated by the checkout's own .venv."""
     # The harness moved from resnet/bench.py to benchmarks/harness.py; an older checkout has the
     # first.
     code = ("try:\n import benchmarks.harness as b\nexcept ImportError:\n import resnet.bench as b\n"
-            "import json; print(json.dumps("
-            + MEASURE[what].format(size=size, batch=BATCH[size], steps=STEPS) + "))")
+            f"import json; print(json.dumps({expression}))")
     out = subprocess.run([os.path.join(checkout, ".venv", "bin", "python"), "-c", code],
                          cwd=checkout, capture_output=True, text=True, check=True, timeout=900)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(checkout, what, size):
+    return _harness(checkout, MEASURE[what].format(size=size, batch=BATCH[size], steps=STEPS))
 
 
 def input_pipeline(checkout, data):
     """The checkout's own harness.input_pipeline on the same images: {"decode", "augment"} in
-    images/s on 1 core (10,000 real CIFAR-10 JPEGs decoded, then 60 augmented batches of 64)."""
-    code = ("try:\n import benchmarks.harness as b\nexcept ImportError:\n import resnet.bench as b\n"
-            f"import json; print(json.dumps(b.input_pipeline({data!r}, 64, 2)))")
-    out = subprocess.run([os.path.join(checkout, ".venv", "bin", "python"), "-c", code],
-                         cwd=checkout, capture_output=True, text=True, check=True, timeout=900)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    images/s (10,000 real CIFAR-10 JPEGs decoded, then 60 augmented batches of 64)."""
+    return _harness(checkout, f"b.input_pipeline({data!r}, 64, 2)")
 
 
 def compare_pipelines(trees, data, rounds):
@@ -62,7 +62,7 @@ def compare_pipelines(trees, data, rounds):
     os.makedirs("bench_out", exist_ok=True)
     with open(os.path.join("bench_out", "stack_pipeline.json"), "w") as f:
         json.dump({f"{t}|{s}": v for (t, s), v in got.items()}, f, indent=2)
-    print(f"{rounds} rounds, order alternating; median (min-max) images/s on 1 core\n")
+    print(f"{rounds} rounds, order alternating; median (min-max) images/s (OMP_NUM_THREADS=1)\n")
     print("| stage | old | new | new / old |")
     print("| --- | --- | --- | --- |")
     for stage in ("decode", "augment"):
