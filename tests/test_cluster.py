@@ -7,6 +7,7 @@ network and failures, not speed (benchmarks/allreduce.py measures the network, i
 """
 
 import json
+import math
 import os
 import re
 import signal
@@ -339,11 +340,17 @@ def test_elastic_a_host_joins_then_rank_0_is_killed_and_the_others_finish(cluste
     # to the start of the epoch.
     back = re.findall(r"elastic: 2 rank\(s\), global batch 8; at epoch (\d), (\d+) of 80", log)
     assert len(back) >= 2, log[-4000:]  # the start, and the roll-back
-    assert (int(back[-1][0]), int(back[-1][1])) >= (int(joined.group(1)),
-                                                    int(joined.group(2))), log[-4000:]
+    (epoch, done), (joined_epoch, joined_done) = map(int, back[-1]), map(int, joined.groups())
+    assert (epoch, done) >= (joined_epoch, joined_done), log[-4000:]
+    # ...a commit: every 2 steps of 3 x 4 examples, counted from the join in its epoch.
+    since = done - joined_done if epoch == joined_epoch else done
+    assert since % 24 == 0, (epoch, done, joined_epoch, joined_done)
+    # The rest of that epoch dealt to the 2 ranks left, 4 examples each per step.
+    steps = math.ceil((80 - done) / 8)
+    assert f"epoch {epoch}/2 step {steps}/{steps} " in log, log[-4000:]
     trained = json.loads((model_dir / "metrics.json").read_text())
     assert trained["mode"] == "elastic" and trained["world_size"] == 2
-    assert trained["history"][-1]["world_size"] == 2
+    assert trained["history"][-1]["world_size"] == 2 and trained["test_examples"] == 40
     # The new rank 0 wrote the last epoch's checkpoint.
     assert checkpoints.all_names(str(model_dir))[-1] == "ckpt-0002-000000"
     _eval_alone_equals(cluster, image_tar, model_dir, trained)
