@@ -69,7 +69,8 @@ def define(flag_values=flags.FLAGS) -> None:
     f.DEFINE_enum("precision", _D.precision, PRECISIONS, "auto: bf16 where the CPU has AMX or "
                   "AVX512-BF16, else fp32. bf16 (Keras mixed_bfloat16) trained 1.7x fp32's "
                   "images/s on AVX512-BF16 at the same accuracy; without them it is emulated, "
-                  "about 10x slower, and a warning says so.")
+                  "about 10x slower, and a warning says so. With --eval_only, auto is "
+                  "the precision the checkpoint trained at.")
     f.DEFINE_integer("batch_size", _D.batch_size, "Per rank; the global batch is this x ranks.")
     f.DEFINE_integer("epochs", _D.epochs, "Epochs in all, head-only ones included.")
     f.DEFINE_integer("freeze_epochs", _D.freeze_epochs, "First train only the new head for this "

@@ -5,19 +5,22 @@ import json
 import os
 
 
-from resnet.config import Config
+from resnet.config import Config, resolve_precision
 from resnet.training import job
 
 
 def test_one_tiny_epoch_then_eval_only(tmp_path, restored_process_state):
+    # Trained at the precision this CPU would not choose: --eval_only's auto must take the
+    # checkpoint's, not the CPU's (an fp32 checkpoint scored differently in bf16).
+    other = {"bf16": "fp32", "fp32": "bf16"}[resolve_precision("auto")]
     config = Config(dataset="synthetic", max_train_examples=48, max_test_examples=20,
                     weights="none", image_size=32, batch_size=8, epochs=1, warmup_epochs=0,
-                    model_dir=str(tmp_path), hang_timeout=0)
+                    model_dir=str(tmp_path), hang_timeout=0, precision=other)
     metrics = job.run(config)
     assert metrics["mode"] == "train" and metrics["world_size"] == 1
     assert metrics["steps_per_epoch"] == 6 and metrics["test_examples"] == 20
     assert [r["epoch"] for r in metrics["history"]] == [1]
-    assert metrics["flags"]["precision"] in ("fp32", "bf16")  # auto, resolved for this CPU
+    assert metrics["flags"]["precision"] == other
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["test_accuracy"] == metrics["test_accuracy"]
     for name in ("model.keras", "class_names.json", "confusion_matrix.png",
@@ -27,5 +30,12 @@ def test_one_tiny_epoch_then_eval_only(tmp_path, restored_process_state):
 
     again = job.run(Config(**{**config.to_dict(), "eval_only": True, "precision": "auto"}))
     assert again["mode"] == "eval_only" and again["checkpoint"].endswith("ckpt-0001-000000")
+    assert again["precision"] == other
     assert again["test_accuracy"] == metrics["test_accuracy"]
     assert again["confusion_matrix"] == metrics["confusion_matrix"]
+    assert again["test_loss"] == metrics["test_loss"]
+    # Asked for by name, the other precision is used, and scores differently.
+    named = job.run(Config(**{**config.to_dict(), "eval_only": True,
+                              "precision": resolve_precision("auto")}))
+    assert named["precision"] == resolve_precision("auto")
+    assert named["test_loss"] != metrics["test_loss"]

@@ -34,11 +34,11 @@ def run(config: Config) -> dict:
     if config.debug:
         tf.debugging.set_log_device_placement(True)
     world_lib.chief_decides(world, lambda: results.check_model_dir(config.model_dir))
-    model_lib.set_precision(config.precision, warn=world.is_chief)
     data = source.load(config, world)
     resume = world_lib.chief_decides(world, lambda: _resumable(config, len(data.class_names)))
-    if config.eval_only:
-        test_metrics, extra, history = eval_only.run(config, world, data, resume)
+    if config.eval_only:  # at the checkpoint's precision unless one is asked for
+        test_metrics, extra, history = eval_only.run(config, world, data, resume,
+                                                     requested.precision)
         return results.finish(config, world, None, test_metrics, history, extra,
                               data.class_names)
     return _train(config, world, data, resume)
@@ -55,13 +55,14 @@ def _resumable(config: Config, num_classes: int):
 def _announce(requested: Config, config: Config) -> None:
     if requested.preset:
         logging.info("--preset=%s (resnet/presets.py), the flags given on top", requested.preset)
-    if requested.precision == "auto":
+    if requested.precision == "auto" and not requested.eval_only:  # eval_only: the checkpoint's
         logging.info("--precision=auto: %s (%s)", config.precision,
                      "this CPU has bfloat16 arithmetic" if config.precision == "bf16"
                      else "no AMX or AVX512-BF16 on this CPU")
 
 
 def _train(config: Config, world, data, resume) -> dict:
+    model_lib.set_precision(config.precision, warn=world.is_chief)
     train, test, class_names = data.train, data.test, data.class_names
     plan = Plan(config, world.size, len(train))
     logging.info("%d rank(s) x batch %d = global batch %d; %d steps/epoch; lr %.4g -> %.4g over "
