@@ -27,7 +27,7 @@ def test_flip_averages_the_image_and_its_mirror(tmp_path, image_tar, splits):
 
     model_dir = tmp_path / "m"
     # Every stage training: with conv1-conv3 frozen at random weights the mirror moved the loss
-    # by less than the last assertion's 1e-3.
+    # by less than 1e-3.
     common = [f"--data_dir={image_tar}", f"--model_dir={model_dir}", "--weights=none",
               "--batch_size=8", "--image_size=32", "--train_from=conv1"]
     # Trained first: the head starts at zero, so an untrained model scores every image (and its
@@ -44,8 +44,11 @@ def test_flip_averages_the_image_and_its_mirror(tmp_path, image_tar, splits):
     p = model.predict(x.astype(np.float32), verbose=0).astype(np.float64)
     p_mirror = model.predict(x[:, :, ::-1].astype(np.float32), verbose=0).astype(np.float64)
     accuracy, loss = _scores(p, y)
-    assert abs(plain["test_loss"] - loss) < 1e-4 and plain["test_accuracy"] == accuracy
+    # The job and Keras agreed to about 1e-9 (AMD EPYC with AVX-512): 1e-5 leaves float32's
+    # summation order room on other CPUs, and lets the last assertion ask for only 1e-4.
+    assert abs(plain["test_loss"] - loss) < 1e-5 and plain["test_accuracy"] == accuracy
     accuracy, loss = _scores((p + p_mirror) / 2, y)
-    assert abs(flipped["test_loss"] - loss) < 1e-4 and flipped["test_accuracy"] == accuracy
-    # The mirror changes the scores, so the checks above can tell flipping from not.
-    assert abs(plain["test_loss"] - flipped["test_loss"]) > 1e-3
+    assert abs(flipped["test_loss"] - loss) < 1e-5 and flipped["test_accuracy"] == accuracy
+    # The mirror changes the scores, so the checks above can tell flipping from not: by 8.5e-4 on
+    # an AVX-512 EPYC, where a 1e-3 bar here failed; each example's loss moves by 0.04 on average.
+    assert abs(plain["test_loss"] - flipped["test_loss"]) > 1e-4
