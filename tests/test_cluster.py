@@ -23,7 +23,10 @@ import slurm_cluster
 from conftest import ROOT, rank_pids
 from resnet.training import checkpoints
 
-pytestmark = pytest.mark.slow
+# "hosts": one pytest-xdist worker runs every test that starts namespaces or Slurm daemons, one
+# after another (tools/test.sh runs two workers). Two Slurm clusters would share the one munged,
+# and the first to stop would stop it under the other.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hosts")]
 
 MPIRUN = os.path.join(ROOT, "launch", "mpirun.sh")
 HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")

@@ -15,7 +15,8 @@ from conftest import ROOT, job_env, run_job
 
 # Each test starts real jobs (TensorFlow, launchers): the slow tier (pytest -m 'not slow'
 # leaves them out; .ci/run runs them).
-pytestmark = pytest.mark.slow
+# One xdist worker for the module: the tests share the uninterrupted run, made once per worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reliability")]
 
 COMMON = ["--weights=none", "--image_size=32", "--batch_size=8", "--learning_rate=0.001",
           "--epochs=2", "--log_every_steps=1", "--max_train_examples=48"]

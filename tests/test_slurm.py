@@ -41,6 +41,7 @@ def _submit(cluster, tmp_path, name, model_dir, image_tar, *flags):
 
 
 @pytest.mark.slow  # real Slurm jobs
+@pytest.mark.xdist_group("hosts")  # with test_cluster.py's: one munged for both
 def test_preemption_signal_checkpoints_and_requeues(cluster, tmp_path, image_tar):
     model_dir = tmp_path / "m"
     job, out = _submit(cluster, tmp_path, "preempt", model_dir, image_tar, "--epochs=3")
