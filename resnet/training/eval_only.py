@@ -23,10 +23,11 @@ def precision(requested: str, state: checkpoints.State) -> str:
     before this rule)."""
     if requested != "auto":
         return requested
-    return state.config.get("precision") or config_lib.resolve_precision("auto")
+    # A checkpoint records the resolved precision; one that holds none (or "auto") gets this CPU's.
+    return config_lib.resolve_precision(state.config.get("precision", "auto"))
 
 
-def run(config: Config, world, data, resume, requested_precision: str = "auto") -> tuple:
+def run(config: Config, world, data, resume, requested_precision: str) -> tuple:
     """(test metrics, what metrics.json adds, history) of checkpoint `resume`.
     requested_precision: --precision as given (before auto is resolved for this CPU)."""
     if resume is None:
