@@ -5,14 +5,11 @@
 A thin entry point, as train_dist.py: the work is resnet.predict.predict.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train_dist.py: before TensorFlow loads
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from resnet.errors import EXIT_USAGE, UsageError  # noqa: E402
+from resnet.errors import EXIT_USAGE, UsageError
 
 flags.DEFINE_string("model_dir", None, "The --model_dir of a finished training run.")
 flags.DEFINE_integer("top", 3, "How many classes to print per image.")

@@ -9,19 +9,12 @@ Kept thin: flags become a frozen Config, resnet.training.job.run does the work. 
 with one line saying what is wrong.
 """
 
-import os
 import sys
 
-# oneDNN's fused CPU kernels. TensorFlow (2.15 and 2.21 alike) turns them on by itself only on
-# CPUs with AVX-512 VNNI/BF16 or AMX; on this project's AVX2 machine they are off by default and
-# ResNet50 trained 5.7x slower without them (TF 2.15: 15 vs 85 images/s at 32 px, BENCHMARKS.md).
-# Set before TensorFlow is imported; an explicit TF_ENABLE_ONEDNN_OPTS=0 from the user still wins.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from resnet import flags as resnet_flags  # noqa: E402
-from resnet.errors import (EXIT_DIVERGED, EXIT_HUNG, EXIT_REQUEUE, EXIT_USAGE,  # noqa: E402
+from resnet import flags as resnet_flags
+from resnet.errors import (EXIT_DIVERGED, EXIT_HUNG, EXIT_REQUEUE, EXIT_USAGE,
                            Diverged, Preempted, UsageError)
 
 resnet_flags.define()

@@ -180,10 +180,10 @@ def _train(cluster, hosts: int, compression: str, steps: int, no_plan_env=False)
         if hosts > 1:  # one host: the compute alone, as the debug mode runs (no launcher)
             cmd = [hr, "-np", str(hosts), "-H", ",".join(f"{h}:1" for h in names),
                    "--network-interfaces", "eth0"] + cmd
-        # The launch plans' MPI setting (resnet/launch/plan.py COMM_ENV): without it a rank's
+        # The launch plans' MPI setting (resnet/runtime/env.py COMM_ENV): without it a rank's
         # MPI spins while it waits and takes the core from its own compute.
         # (train_dist.py also sets it for itself when it is not set: --no_plan_env shows that.)
-        from resnet.launch.plan import COMM_ENV
+        from resnet.runtime.env import COMM_ENV
         out = cluster.run(names[0], cmd, cwd=ROOT, timeout=1800, check=False,
                           env=cluster.env(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT,
                                           **({} if no_plan_env else COMM_ENV)))

@@ -20,12 +20,11 @@ import json
 import os
 import statistics
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train_dist.py: before TensorFlow loads
+import resnet  # noqa: F401  (first: the job's environment before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from resnet import model as model_lib  # noqa: E402
+from resnet import model as model_lib
 from benchmarks.common import ROOT, StepTimer, use_job_threads  # noqa: E402
 from resnet.config import STAGES  # noqa: E402
 

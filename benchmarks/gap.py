@@ -152,7 +152,7 @@ SCALING = (
     # core per rank it shares that core with the training threads.
     ("+ HOROVOD_CYCLE_TIME=10 (ms)", 2, (), dict(SPIN, HOROVOD_CYCLE_TIME="10"), (), 1),
     ("+ 2 inter-op threads per rank", 2, ("--inter_op_threads=2",), SPIN, (), 1),
-    # The launch plans' setting (resnet.launch.plan.COMM_ENV): Open MPI yields the core while
+    # The launch plans' setting (resnet.runtime.env.COMM_ENV): Open MPI yields the core while
     # it waits for the other rank.
     ("2 ranks x 1 core as launched (Open MPI yields)", 2, (), {}, (), 1),
 )

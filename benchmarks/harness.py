@@ -27,7 +27,8 @@ import tempfile
 import time
 
 from benchmarks.common import ROOT, shown, train_dist_args
-from resnet.launch import topology
+from resnet.runtime import topology
+from resnet.runtime.env import onednn_by_default
 
 WARMUP = 3
 WINDOW = 3
@@ -146,17 +147,6 @@ def machine():
             "python": platform.python_version(), "tensorflow": tf.__version__,
             "horovod": horovod.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-
-
-# CPUs on which TensorFlow (2.15; 2.21 the same) turns oneDNN on by itself (TF_ENABLE_ONEDNN_OPTS unset): those
-# with AVX-512 VNNI or BF16, or AMX. Seen here: on an AMD EPYC with avx512_vnni and avx512_bf16
-# it logs "oneDNN custom operations are on" and IsMklEnabled() is True; on one with AVX2 only
-# both said off, and plain Keras ran TensorFlow's Eigen kernels unless the user asked for oneDNN.
-ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
-
-
-def onednn_by_default(flags) -> bool:
-    return any(f in ONEDNN_DEFAULT_FLAGS for f in flags)
 
 
 def run(quick: bool, data_path: str, out_dir: str) -> dict:

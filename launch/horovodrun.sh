@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One node: horovodrun with one rank per socket (or -np N), each bound to its own cores, with
-# per-rank oneDNN threads from the launch plan (resnet/launch/plan.py).
+# per-rank oneDNN threads from the launch plan (resnet/launch/layout.py).
 #
 # Usage: launch/horovodrun.sh [-np N] [-H h1:N,h2:N | --hostfile F] [--network-interfaces NIC]
 #                             [--min-np A --max-np B --hosts-file F] [--dry_run]
 #                             [-- train_dist.py flags...]
 #   launch/horovodrun.sh -np 4 -- --data_dir=/data/cifar-10-batches-py --epochs=2
-# Several hosts: -H node1:2,node2:2 runs 2 ranks on each (-np is per host); the ranks talk over
-# the network every host has an address in, or the interfaces --network-interfaces names.
+# -np counts every rank, as horovodrun's does. Several hosts: -H node1:2,node2:2 runs 2 ranks on
+# each (every host the same; -np, if given, 4); the ranks talk over the network every host has an
+# address in, or the interfaces --network-interfaces names.
 # Elastic (Horovod Elastic, Gloo): between A and B ranks on the hosts listed in F (host:slots per
 # line, re-read while the job runs; launch/discover_hosts.sh); adds --elastic to train_dist.py.
 #   launch/horovodrun.sh -np 3 --min-np 2 --max-np 3 --hosts-file hosts.txt -- --epochs=2
@@ -19,7 +20,7 @@ source "$root/launch/common.sh"
 plan_args=(--launcher horovodrun)
 while (($#)); do
   case $1 in
-    -np) plan_args+=(--ranks_per_node "$2"); shift 2 ;;
+    -np) plan_args+=(--np "$2"); shift 2 ;;
     -H|--hosts) plan_args+=(--hosts "$2"); shift 2 ;;
     --hostfile) plan_args+=(--hostfile "$2"); shift 2 ;;
     --min-np) plan_args+=(--min_np "$2"); shift 2 ;;

@@ -116,7 +116,7 @@ def resolve_precision(precision: str, cpu_flags=None) -> str:
     speed on AVX2). fp32 and bf16 are kept as given."""
     if precision != "auto":
         return precision
-    from resnet.launch import topology
+    from resnet.runtime import topology
     flags = topology.cpu_flags() if cpu_flags is None else cpu_flags
     return "bf16" if topology.has_bf16(flags) else "fp32"
 

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from resnet.launch import topology
+from resnet.runtime import topology
 from resnet.config import STAGES
 from resnet.errors import UsageError
 

@@ -9,11 +9,10 @@ import runpy
 import sys
 import time
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as train_dist.py, which runs after TF loads
+import resnet  # noqa: F401  (first, as train_dist.py: the job's environment before TF loads)
+import tensorflow as tf
 
-import tensorflow as tf  # noqa: E402
-
-from resnet.training import callbacks as cb  # noqa: E402
+from resnet.training import callbacks as cb
 
 STALL_AT = 2  # 0-based batch index within epoch 1
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from conftest import SHARED_WEIGHTS
 from resnet import model
-from resnet.launch import topology
+from resnet.runtime import topology
 from resnet.errors import UsageError
 
 

@@ -6,8 +6,8 @@ import subprocess
 import pytest
 
 from conftest import ROOT, job_env
-from resnet.launch import plan as plan_lib
-from resnet.launch import topology
+from resnet.launch import commands, layout as layout_lib
+from resnet.runtime import env as env_lib, topology
 from resnet.errors import UsageError
 
 T = topology.Topology
@@ -18,10 +18,10 @@ def _cores(plan):
 
 
 def test_one_socket_two_cores_two_ranks():
-    plan = plan_lib.make(T(1, 2, 1), 2)
+    plan = layout_lib.make(T(1, 2, 1), 2)
     assert (plan.cores_per_rank, plan.intra_op_threads, plan.inter_op_threads) == (1, 1, 1)
     assert _cores(plan) == [(0,), (1,)]
-    assert plan_lib.mpi_map_by(plan) == "ppr:2:socket:pe=1"
+    assert layout_lib.mpi_map_by(plan) == "ppr:2:socket:pe=1"
     assert plan.env == {"OMP_NUM_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
                         "TF_ENABLE_ONEDNN_OPTS": "1", "HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
                         "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "600",
@@ -29,68 +29,69 @@ def test_one_socket_two_cores_two_ranks():
 
 
 def test_comm_tunings_yield_to_the_users_environment_the_rest_does_not():
-    plan = plan_lib.make(T(1, 2, 1), 2)
-    env = plan_lib.launch_env(plan.env, {"OMPI_MCA_mpi_yield_when_idle": "0",
+    plan = layout_lib.make(T(1, 2, 1), 2)
+    env = env_lib.launch_env(plan.env, {"OMPI_MCA_mpi_yield_when_idle": "0",
                                             "OMP_NUM_THREADS": "8", "PATH": "/bin"})
     assert env["OMPI_MCA_mpi_yield_when_idle"] == "0"  # the user's comparison setting
     assert env["OMP_NUM_THREADS"] == "1"  # the plan's threads per rank
     assert env["PATH"] == "/bin"
-    assert plan_lib.launch_env(plan.env, {})["OMPI_MCA_mpi_yield_when_idle"] == "1"
+    assert env_lib.launch_env(plan.env, {})["OMPI_MCA_mpi_yield_when_idle"] == "1"
 
 
 def test_across_hosts_open_mpi_allreduces_by_its_ring_unless_the_user_says_otherwise():
     ring = {"OMPI_MCA_coll_tuned_use_dynamic_rules": "1",
             "OMPI_MCA_coll_tuned_allreduce_algorithm": "4"}
-    one, two = plan_lib.make(T(1, 2, 1), 2), plan_lib.make(T(1, 2, 1), 2, nodes=2)
+    one, two = layout_lib.make(T(1, 2, 1), 2), layout_lib.make(T(1, 2, 1), 2, nodes=2)
     assert not set(ring) & set(one.env)  # one host: Open MPI's own choice
     assert ring.items() <= two.env.items()
-    mine = plan_lib.launch_env(two.env, {"OMPI_MCA_coll_tuned_allreduce_algorithm": "6"})
+    mine = env_lib.launch_env(two.env, {"OMPI_MCA_coll_tuned_allreduce_algorithm": "6"})
     assert mine["OMPI_MCA_coll_tuned_allreduce_algorithm"] == "6"
-    command = plan_lib.command(two, "mpirun", ["python", "train_dist.py"], hosts="a:2,b:2")
+    command = commands.command(two, "mpirun", ["python", "train_dist.py"],
+                               commands.Where(hosts="a:2,b:2"))
     assert "-x OMPI_MCA_coll_tuned_allreduce_algorithm" in " ".join(command)
 
 
 def test_two_sockets_28_cores_no_ht_one_rank_per_socket():
-    plan = plan_lib.make(T(2, 28, 1), 2)
+    plan = layout_lib.make(T(2, 28, 1), 2)
     assert plan.cores_per_rank == 28
     assert plan.intra_op_threads == 27  # one core left to Horovod's thread and tf.data
     assert plan.inter_op_threads == 2
     assert [s.sockets for s in plan.slots] == [(0,), (1,)]
     assert _cores(plan) == [tuple(range(0, 28)), tuple(range(28, 56))]
-    assert plan_lib.mpi_map_by(plan) == "ppr:1:socket:pe=28"
+    assert layout_lib.mpi_map_by(plan) == "ppr:1:socket:pe=28"
 
 
 def test_two_sockets_28_cores_with_ht():
-    plan = plan_lib.make(T(2, 28, 2), 2, openmp=True)
+    plan = layout_lib.make(T(2, 28, 2), 2, openmp=True)
     assert plan.intra_op_threads == 28  # the sibling hyper-threads host Horovod's thread
     assert plan.cpus_per_rank == 56
     assert plan.env["KMP_AFFINITY"] == "granularity=fine,compact,1,0"
     assert plan.env["KMP_BLOCKTIME"] == "1"
-    no_omp = plan_lib.make(T(2, 28, 2), 2, openmp=False)
+    no_omp = layout_lib.make(T(2, 28, 2), 2, openmp=False)
     assert "KMP_AFFINITY" not in no_omp.env
 
 
 def test_four_ranks_on_two_sockets():
-    plan = plan_lib.make(T(2, 28, 1), 4)
+    plan = layout_lib.make(T(2, 28, 1), 4)
     assert (plan.ranks_per_socket, plan.cores_per_rank, plan.intra_op_threads) == (2, 14, 13)
     assert [s.sockets for s in plan.slots] == [(0,), (0,), (1,), (1,)]
     assert _cores(plan)[3] == tuple(range(42, 56))
-    assert plan_lib.mpi_map_by(plan) == "ppr:2:socket:pe=14"
+    assert layout_lib.mpi_map_by(plan) == "ppr:2:socket:pe=14"
 
 
 def test_one_rank_per_node_on_eight_nodes():
-    plan = plan_lib.make(T(2, 28, 1), 1, nodes=8)
+    plan = layout_lib.make(T(2, 28, 1), 1, nodes=8)
     assert plan.total_ranks == 8
     assert (plan.sockets_per_rank, plan.cores_per_rank) == (2, 56)
     assert (plan.intra_op_threads, plan.inter_op_threads) == (55, 2)
-    assert plan_lib.mpi_map_by(plan) == "ppr:1:node:pe=56"
-    cmd = plan_lib.command(plan, "srun", ["python", "train_dist.py"])
+    assert layout_lib.mpi_map_by(plan) == "ppr:1:node:pe=56"
+    cmd = commands.command(plan, "srun", ["python", "train_dist.py"])
     assert cmd[:7] == ["srun", "--nodes=8", "--ntasks=8", "--ntasks-per-node=1",
                        "--cpus-per-task=56", "--cpu-bind=cores", "--mpi=pmix"]
 
 
 def test_uneven_cores_left_idle_is_stated():
-    plan = plan_lib.make(T(1, 10, 1), 3)
+    plan = layout_lib.make(T(1, 10, 1), 3)
     assert plan.cores_per_rank == 3
     assert any("1 core(s) per socket left idle" in n for n in plan.notes)
 
@@ -103,7 +104,7 @@ def test_uneven_cores_left_idle_is_stated():
 ])
 def test_refusals(topo, ranks, message):
     with pytest.raises(UsageError, match=message):
-        plan_lib.make(topo, ranks)
+        layout_lib.make(topo, ranks)
 
 
 def test_zero_threads_or_cores_refused():
@@ -155,16 +156,16 @@ def test_scripts_refuse_bad_plans_and_show_usage():
 
 
 def test_intel_mpi_and_srun_commands():
-    plan = plan_lib.make(T(2, 28, 2), 2, nodes=2)
-    cmd = plan_lib.command(plan, "intel-mpirun", ["python", "t.py"], hosts="a,b")
+    plan = layout_lib.make(T(2, 28, 2), 2, nodes=2)
+    cmd = commands.command(plan, "intel-mpirun", ["python", "t.py"], commands.Where(hosts="a,b"))
     assert cmd[:8] == ["mpirun", "-n", "4", "-ppn", "2", "-genv", "I_MPI_PIN_DOMAIN", "56:compact"]
     assert ["-genv", "OMP_NUM_THREADS", "28"] == cmd[cmd.index("OMP_NUM_THREADS") - 1:
                                                      cmd.index("OMP_NUM_THREADS") + 2]
     assert "-hosts" in cmd and cmd[-2:] == ["python", "t.py"]
-    cmd = plan_lib.command(plan, "srun", ["python", "t.py"], mpi="pmi2")
+    cmd = commands.command(plan, "srun", ["python", "t.py"], commands.Where(mpi="pmi2"))
     assert "--cpus-per-task=56" in cmd and "--mpi=pmi2" in cmd
     with pytest.raises(UsageError, match="--launcher=ssh"):
-        plan_lib.command(plan, "ssh", ["python"])
+        commands.command(plan, "ssh", ["python"])
 
 
 def test_half_a_stated_topology_is_refused():
@@ -212,8 +213,8 @@ def test_elastic_dry_run_and_refusals(tmp_path):
     assert "network: (lo): named by --network-interfaces" in out.stdout
     assert "horovodrun -np 2 -H localhost:2 --network-interfaces lo " in out.stdout
     with pytest.raises(UsageError, match="elastic mode needs horovodrun"):
-        plan_lib.command(plan_lib.make(T(1, 2, 1), 1), "mpirun", ["python"],
-                            elastic=plan_lib.Elastic(2, 1, 2, str(hosts)))
+        commands.command(layout_lib.make(T(1, 2, 1), 1), "mpirun", ["python"],
+                            elastic=commands.Elastic(2, 1, 2, str(hosts)))
 
 
 def test_discovery_script_reads_the_hosts_file(tmp_path):

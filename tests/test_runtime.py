@@ -3,14 +3,18 @@ rank-0 logging, on a world of one (the multi-rank paths run under horovodrun els
 
 
 import os
+import subprocess
+import sys
 
 import pytest
 from absl import logging
 
 from resnet.errors import UsageError
-from resnet.launch import plan as plan_lib
-from resnet.launch import slurm, topology
-from resnet.runtime import placement, threads, world as world_lib
+from resnet.launch import layout as layout_lib
+from resnet.launch import slurm
+from resnet.runtime import env as env_lib, placement, threads, topology, world as world_lib
+
+from conftest import job_env
 
 
 def _world(rank=0, size=1):
@@ -77,7 +81,7 @@ NODES = [(topology.Topology(2, 28, 2), 2), (topology.Topology(2, 28, 2), 4),
 def test_every_launcher_gives_a_rank_the_same_threads(monkeypatch, node, ranks):
     """The launch plan (horovodrun, mpirun), the Slurm plan and a process started alone on the
     rank's cores: the same node and ranks, the same threads and the same exported variables."""
-    plan = plan_lib.make(node, ranks)
+    plan = layout_lib.make(node, ranks)
     by_plan = (plan.intra_op_threads, plan.inter_op_threads)
     cpus_per_task = node.physical_cores * node.threads_per_core // ranks  # logical, as Slurm
     _, slurm_env = slurm.plan({"SLURM_JOB_ID": "1", "SLURM_NNODES": "1",
@@ -128,12 +132,32 @@ def test_gloo_operations_without_a_gloo_controller_are_refused():
     world_lib.check_cpu_operations({})
 
 
-def test_a_rank_started_by_hand_yields_in_mpi_waits_unless_told_otherwise(monkeypatch):
-    # Plain `horovodrun -np 4 python train_dist.py` gets the launch plans' setting too (Open MPI
-    # reads it at MPI_Init, inside hvd.init()); a value already set is left alone.
-    monkeypatch.delenv("OMPI_MCA_mpi_yield_when_idle", raising=False)
-    world_lib.start()
-    assert os.environ["OMPI_MCA_mpi_yield_when_idle"] == "1"
-    monkeypatch.setenv("OMPI_MCA_mpi_yield_when_idle", "0")
-    world_lib.start()
-    assert os.environ["OMPI_MCA_mpi_yield_when_idle"] == "0"
+def _defaults_seen(**env):
+    """The rank defaults a process sees once it imports resnet, as train_dist.py does first
+    (before TensorFlow loads and before Horovod starts MPI). No TensorFlow is started."""
+    code = ("import os, sys, resnet; assert 'tensorflow' not in sys.modules; "
+            "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], os.environ['OMPI_MCA_mpi_yield_when_idle'])")
+    base = {k: v for k, v in job_env().items()
+            if k not in ("TF_ENABLE_ONEDNN_OPTS", "OMPI_MCA_mpi_yield_when_idle")}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True,
+                         text=True, timeout=60, check=True)
+    return out.stdout.split()
+
+
+def test_a_process_started_by_hand_gets_the_rank_defaults_and_the_users_settings_win():
+    # Plain `python train_dist.py` or `horovodrun -np 4 python train_dist.py`: oneDNN on and
+    # Open MPI yielding, as a launch plan gives its ranks...
+    assert _defaults_seen() == ["1", "1"]
+    # ...unless the user said otherwise.
+    assert _defaults_seen(TF_ENABLE_ONEDNN_OPTS="0", OMPI_MCA_mpi_yield_when_idle="0") == ["0", "0"]
+
+
+def test_a_launch_plan_keeps_the_users_settings_and_sets_its_own_threads():
+    plan = layout_lib.make(topology.Topology(1, 2, 1), 2)
+    assert plan.env["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    mine = env_lib.launch_env(plan.env, {"TF_ENABLE_ONEDNN_OPTS": "0", "OMP_NUM_THREADS": "8",
+                                         "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "60"})
+    assert mine["TF_ENABLE_ONEDNN_OPTS"] == "0"  # a user's explicit setting wins
+    assert mine["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == "60"
+    assert mine["OMP_NUM_THREADS"] == "1"  # the plan's, for the cores each rank is bound to
+    assert env_lib.launch_env(plan.env, {})["TF_ENABLE_ONEDNN_OPTS"] == "1"

@@ -1,6 +1,10 @@
-"""Launching ranks: the node's topology, launch plans, Slurm, host discovery, the network model.
+"""Launching ranks: host lists, the layout of ranks over a node's cores, the network the hosts
+share, one command per launcher, Slurm, elastic host discovery, the network cost model.
 
-Kept free of TensorFlow: launch scripts run these on login nodes and inside batch scripts.
+The layer above the runtime: it imports resnet.runtime (the machine's topology, a rank's threads
+and environment) and nothing imports it but the entry points and the launch scripts
+(tests/test_layers.py). Kept free of TensorFlow: launch scripts run it on login nodes and inside
+batch scripts.
 """
 
 import os

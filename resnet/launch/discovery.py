@@ -12,29 +12,14 @@ Kept free of TensorFlow: Horovod runs it often, and it must answer in millisecon
 """
 
 import os
-import re
 import sys
 from typing import List, Optional, Sequence, Tuple
 
 from resnet.errors import EXIT_USAGE, UsageError
+from resnet.launch import hosts as hosts_lib
 
 ENV_FILE = "ELASTIC_HOSTS_FILE"
 ENV_SLOTS = "ELASTIC_SLOTS"
-_LINE = re.compile(r"^([A-Za-z0-9_.\-]+)(?::(\d+))?$")
-
-
-def parse(text: str, default_slots: int = 1, source: str = "hosts") -> List[Tuple[str, int]]:
-    hosts = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        m = _LINE.match(line)
-        if not m or (m.group(2) is not None and int(m.group(2)) < 1):
-            raise UsageError(f"{source}:{number}: {raw.strip()!r} is not host or host:slots "
-                             "(slots a positive number)")
-        hosts.append((m.group(1), int(m.group(2)) if m.group(2) else default_slots))
-    return hosts
 
 
 def discover(env=os.environ) -> List[Tuple[str, int]]:
@@ -50,7 +35,7 @@ def discover(env=os.environ) -> List[Tuple[str, int]]:
             text = f.read()
     except OSError as e:
         raise UsageError(f"${ENV_FILE}={path}: {e.strerror}") from e
-    return parse(text, slots, path)
+    return hosts_lib.with_slots(hosts_lib.parse_lines(text, path), slots)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

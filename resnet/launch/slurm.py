@@ -18,9 +18,9 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 
 from resnet.errors import EXIT_REQUEUE, EXIT_USAGE, UsageError
 from resnet.launch import CHECKOUT
-from resnet.launch.plan import launch_env, open_mpi, rank_env
-from resnet.launch import topology
-from resnet.runtime import threads
+from resnet.launch.commands import open_mpi
+from resnet.runtime import threads, topology
+from resnet.runtime.env import launch_env, rank_env
 
 LAUNCHERS = ("srun", "mpirun")
 
@@ -79,10 +79,9 @@ def main(argv=None) -> int:
     p.add_argument("--mpi", default=os.environ.get("SLURM_MPI", "pmix"))
     p.add_argument("--dry_run", action="store_true")
     args, train_args = p.parse_known_args(argv)
-    root = CHECKOUT
     try:
         cmd, extra = plan(os.environ, os.path.abspath(args.model_dir), train_args, args.launcher,
-                          sys.executable, os.path.join(root, "train_dist.py"), args.mpi,
+                          sys.executable, os.path.join(CHECKOUT, "train_dist.py"), args.mpi,
                           topology.read().threads_per_core)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -18,7 +18,9 @@ side by side on stated topologies).
 
 import dataclasses
 import os
-from typing import Dict, Optional
+from typing import Dict
+
+from resnet.runtime import topology as topo
 
 SPARE_CORE_FROM = 8  # physical cores per rank from which one is left to Horovod and tf.data
 
@@ -63,13 +65,7 @@ def thread_counts(intra: int = 0, inter: int = 0, topology=None):
     inter = inter or _env_int("TF_NUM_INTEROP_THREADS") or (inter_op_threads(intra) if intra
                                                               else 0)
     if not (intra and inter):  # no launcher: read the topology (lscpu) only now
-        if topology is None:
-            from resnet.launch import topology as topo
-            topology = topo.read()
+        topology = topology or topo.read()
         own = for_rank(topology.physical_cores, topology.sockets, topology.threads_per_core)
         intra, inter = intra or own.intra, inter or own.inter
     return intra, inter
-
-
-def describe(threads: Optional[RankThreads]) -> str:
-    return "" if threads is None else f"intra-op {threads.intra}, inter-op {threads.inter}"

@@ -15,7 +15,6 @@ import tensorflow as tf
 from absl import logging
 
 from resnet.errors import UsageError
-from resnet.launch.plan import COMM_ENV
 from resnet.runtime.threads import thread_counts
 
 T = TypeVar("T")
@@ -49,12 +48,6 @@ def start(intra_op_threads: int = 0, inter_op_threads: int = 0) -> World:
         logging.warning("TensorFlow's thread pools were already made: %d intra-op and %d "
                         "inter-op threads (0: TensorFlow's choice) stay", intra, inter)
     check_cpu_operations(os.environ)
-    # The launch plans' Open MPI setting for a job started by hand (`horovodrun -np 4 python
-    # train_dist.py`, plain mpirun): each rank's Open MPI reads it at MPI_Init, inside
-    # hvd.init() below. Spinning while it waits took the core from the rank's own compute: 0.67
-    # of the yielding job's images/s across 2 hosts (BENCHMARKS.md). A value already set wins.
-    for key, value in COMM_ENV.items():
-        os.environ.setdefault(key, value)
     import horovod.tensorflow.keras as hvd
     hvd.init()
     world = World(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
