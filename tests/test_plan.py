@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from conftest import ROOT, job_env
-from resnet.launch import commands, layout as layout_lib
+from resnet.launch import commands, hosts as hosts_lib, layout as layout_lib
 from resnet.runtime import env as env_lib, topology
 from resnet.errors import UsageError
 
@@ -237,3 +237,42 @@ def test_discovery_script_reads_the_hosts_file(tmp_path):
     out = subprocess.run([script], env=job_env(ELASTIC_HOSTS_FILE=""), capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and "$ELASTIC_HOSTS_FILE is not set" in out.stderr
+
+
+def test_one_host_list_parser_for_every_form(tmp_path):
+    assert hosts_lib.parse_list("n1:2,n2") == [("n1", 2), ("n2", None)]
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# Open MPI's form and ours\nn1 slots=2\nn2:2\n\nn3\n")
+    assert hosts_lib.read_file(str(hostfile), "--hostfile") == [("n1", 2), ("n2", 2),
+                                                                ("n3", None)]
+    for text in ("n1:0", "n1,,n2", "n 1"):
+        with pytest.raises(UsageError, match="-H"):
+            hosts_lib.parse_list(text, "-H")
+
+
+@pytest.mark.parametrize("hosts, np_, per_node", [
+    ("a:2,b:2", None, 2), ("a:2,b:2", 4, 2), ("a,b", 4, 2), ("a,b", None, 1), ("a:3", 3, 3)])
+def test_np_is_every_rank_and_ranks_per_node_follow_from_the_hosts(hosts, np_, per_node):
+    assert hosts_lib.ranks_per_node(hosts_lib.parse_list(hosts), np_, 1) == per_node
+
+
+@pytest.mark.parametrize("hosts, np_, message", [
+    ("a:2,b:1", None, "every host must run the same number of ranks"),
+    ("a:2,b", None, "every host must run the same number of ranks"),
+    ("a:1,b:2", 3, "every host must run the same number of ranks"),
+    ("a:2,b:2", 2, "-np 2 with hosts a:2,b:2: that is 2 rank\\(s\\) on each of 2 host\\(s\\), 4"),
+    ("a,b,c", 4, "-np 4 over 3 hosts"),
+])
+def test_uneven_host_lists_are_refused(hosts, np_, message):
+    with pytest.raises(UsageError, match=message):
+        hosts_lib.ranks_per_node(hosts_lib.parse_list(hosts), np_, 1)
+
+
+def test_horovodrun_np_counts_every_rank_across_hosts():
+    out = _run("horovodrun.sh", "--dry_run", "-np", "4", "-H", "localhost:2,127.0.0.1:2", "--",
+               "--epochs=1")
+    assert out.returncode == 0, out.stderr
+    assert "plan: 2 node(s) x 2 rank(s) = 4" in out.stdout
+    assert "command: horovodrun -np 4 -H localhost:2,127.0.0.1:2 " in out.stdout
+    out = _run("horovodrun.sh", "--dry_run", "-np", "3", "-H", "localhost:2,127.0.0.1:1")
+    assert out.returncode == 2 and "the same number of ranks" in out.stderr, out.stderr
