@@ -25,8 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from resnet import model as model_lib
-from benchmarks.common import ROOT, StepTimer, use_job_threads  # noqa: E402
-from resnet.config import STAGES  # noqa: E402
+from benchmarks.common import ROOT, StepTimer, use_job_threads
+from resnet.config import MIN_IMAGE_SIZE, STAGES
 
 PRECISIONS = ("fp32", "bf16")  # what one run is timed in (train_dist.py's 'auto' picks one)
 
@@ -36,9 +36,9 @@ def _ints(text: str) -> list:
         sizes = [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give sizes as 96 or 96,112,128") from None
-    if any(v < model_lib.MIN_IMAGE_SIZE for v in sizes):
+    if any(v < MIN_IMAGE_SIZE for v in sizes):
         raise argparse.ArgumentTypeError(f"{text!r}: ResNet50 needs at least "
-                                         f"{model_lib.MIN_IMAGE_SIZE} pixels")
+                                         f"{MIN_IMAGE_SIZE} pixels")
     return sizes
 
 

@@ -2,7 +2,7 @@
 
 Nothing in resnet/ reads absl FLAGS; train_dist.py turns them into a Config and passes it down.
 Values that depend on the number of ranks (global batch, scaled learning rate, steps) live in
-resnet.training.schedule.Plan, computed once the world size is known.
+resnet.training.schedule.Schedule, computed once the world size is known.
 """
 
 import dataclasses
@@ -19,6 +19,8 @@ BATCHNORM = ("frozen", "train")
 COMPRESSION = ("none", "fp16")
 WARMUP_FROM = ("base", "zero")
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")  # ResNet50's stages, input to output
+MIN_IMAGE_SIZE = 32  # ResNet50 downsamples 32x: smaller inputs leave nothing to pool
+MAX_IMAGE_SIZE = 512  # above it a CPU step takes minutes
 
 # --debug: a first run on a laptop in a minute or two.
 DEBUG_TRAIN_EXAMPLES = 256
@@ -127,6 +129,20 @@ def image_size_at(config: dict, epoch: int) -> int:
     return start if start and epoch < config["epochs"] - 1 else config["image_size"]
 
 
+def check_image_size(size: int, flag: str = "--image_size") -> None:
+    """The one minimum image size, for the flags and for every model view built."""
+    if size < MIN_IMAGE_SIZE:
+        raise UsageError(f"{flag}={size}: ResNet50 needs at least {MIN_IMAGE_SIZE} pixels (the "
+                         "32x32 images are resized up to it)")
+
+
+def check_weights(weights: str) -> None:
+    """--weights: 'imagenet', 'none' or an existing file (whether it fits, model.build says)."""
+    if weights not in ("imagenet", "none") and not os.path.isfile(weights):
+        raise UsageError(f"--weights={weights}: no such file; pass the ResNet50 no-top .h5, "
+                         "'imagenet' (Keras downloads it) or 'none'")
+
+
 def _check(c: Config) -> None:
     _check_numbers(c)
     _check_choices(c)
@@ -197,9 +213,9 @@ def _check_combinations(c: Config) -> None:
 
 def _check_sizes_and_paths(c: Config) -> None:
     if c.start_image_size:
-        if not 32 <= c.start_image_size <= 512:
-            raise UsageError(f"--start_image_size={c.start_image_size}: use 32 to 512, or 0 for "
-                             "every epoch at --image_size")
+        if not MIN_IMAGE_SIZE <= c.start_image_size <= MAX_IMAGE_SIZE:
+            raise UsageError(f"--start_image_size={c.start_image_size}: use {MIN_IMAGE_SIZE} to "
+                             f"{MAX_IMAGE_SIZE}, or 0 for every epoch at --image_size")
         if c.epochs < 2:
             raise UsageError(f"--start_image_size trains every epoch but the last at that size; "
                              f"with --epochs={c.epochs} there is no such epoch: give --epochs=2 "
@@ -207,15 +223,11 @@ def _check_sizes_and_paths(c: Config) -> None:
         if c.elastic:
             raise UsageError("--elastic does not combine with --start_image_size (a model view "
                              "per size is not elastic-safe yet); run that without --elastic")
-    if c.image_size < 32:
-        raise UsageError(f"--image_size={c.image_size}: ResNet50 needs at least 32 pixels "
-                         "(the 32x32 images are resized up to it)")
-    if c.image_size > 512:
-        raise UsageError(f"--image_size={c.image_size}: above 512 pixels a CPU step takes "
-                         "minutes; use 32 to 224 for CIFAR, up to 512 for your own photos")
-    if c.weights not in ("imagenet", "none") and not os.path.isfile(c.weights):
-        raise UsageError(f"--weights={c.weights}: no such file; pass the ResNet50 no-top .h5, "
-                         "'imagenet' (Keras downloads it) or 'none'")
+    check_image_size(c.image_size)
+    if c.image_size > MAX_IMAGE_SIZE:
+        raise UsageError(f"--image_size={c.image_size}: above {MAX_IMAGE_SIZE} pixels a CPU step "
+                         "takes minutes; use 32 to 224 for CIFAR, up to 512 for your own photos")
+    check_weights(c.weights)
     if os.path.exists(c.model_dir) and not os.path.isdir(c.model_dir):
         raise UsageError(f"--model_dir={c.model_dir}: is a file; give a folder for checkpoints "
                          "and results")

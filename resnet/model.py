@@ -9,18 +9,18 @@ The caffe step is a frozen 1x1 convolution (a channel permutation plus a bias) r
 so the saved model holds only built-in layers and plain tf.keras.models.load_model opens it.
 """
 
-import os
+
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from resnet.runtime import topology
-from resnet.config import STAGES
+from resnet.config import STAGES, check_image_size, check_weights
 from resnet.errors import UsageError
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications.resnet50.preprocess_input
-MIN_IMAGE_SIZE = 32  # ResNet50 downsamples 32x: smaller inputs leave nothing to pool
 
 
 def bf16_warning(flags):
@@ -55,14 +55,10 @@ def _caffe_preprocess() -> tf.keras.layers.Layer:
 
 
 def _resolve_weights(weights: str):
-    if weights == "none":
-        return None
-    if weights == "imagenet":
-        return "imagenet"  # Keras downloads and caches it in ~/.keras/models
-    if not os.path.isfile(weights):
-        raise UsageError(f"--weights {weights}: no such file; pass an .h5 of ResNet50 ImageNet "
-                         "weights without the top, 'imagenet' (download) or 'none'")
-    return weights
+    """Keras's `weights=`: 'imagenet' (Keras downloads and caches it in ~/.keras/models), a
+    file, or None."""
+    check_weights(weights)
+    return None if weights == "none" else weights
 
 
 def build(num_classes: int, image_size: int, weights: str, seed: int,
@@ -75,9 +71,7 @@ def build(num_classes: int, image_size: int, weights: str, seed: int,
     ImageNet statistics; 0.9 needs ~50). `any_size` builds the backbone for any input size, so
     that at_size() can make views at other sizes over the same weights. `input_size`: the side
     of the images the pipeline feeds (DataSet.input_size)."""
-    if image_size < MIN_IMAGE_SIZE:
-        raise UsageError(f"--image_size {image_size}: ResNet50 needs at least {MIN_IMAGE_SIZE} "
-                         "pixels")
+    check_image_size(image_size)
     tf.keras.utils.set_random_seed(seed)  # the same head on every rank before the broadcast
     side = None if any_size else image_size
     try:
@@ -101,6 +95,20 @@ def build(num_classes: int, image_size: int, weights: str, seed: int,
     return _assemble(tf.keras.layers.Rescaling(1.0, dtype="float32", name="to_float"),
                      _caffe_preprocess(), backbone, head, image_size, batchnorm,
                      resize=image_size != input_size or any_size, input_size=input_size)
+
+
+def from_config(settings: Mapping, num_classes: int, input_size: Callable[[int], int],
+                image_size: Optional[int] = None, weights: Optional[str] = None) -> tf.keras.Model:
+    """The model a run's settings describe: Config.to_dict() for a run starting now, or what a
+    checkpoint records (older ones may lack later keys). `input_size`: DataSet.input_size, the
+    side of the images the pipeline feeds at an image size. `image_size` and `weights` override
+    the settings' (an evaluation builds at the size the checkpoint last trained, from no
+    weights, as the checkpoint then restores them)."""
+    image_size = image_size or settings["image_size"]
+    return build(num_classes, image_size, weights or settings.get("weights", "imagenet"),
+                 settings.get("seed", 0), settings.get("batchnorm", "frozen"),
+                 settings.get("bn_momentum", 0.9), any_size=bool(settings.get("start_image_size")),
+                 input_size=input_size(image_size))
 
 
 def _assemble(to_float, caffe, backbone_layer, head, image_size: int, batchnorm: str,
@@ -127,9 +135,7 @@ def _assemble(to_float, caffe, backbone_layer, head, image_size: int, batchnorm:
 def at_size(model: tf.keras.Model, image_size: int, batchnorm: str) -> tf.keras.Model:
     """The same layers and weights as `model` (built with any_size=True), resizing to
     `image_size`: training one trains the other. For progressive resizing."""
-    if image_size < MIN_IMAGE_SIZE:
-        raise UsageError(f"image size {image_size}: ResNet50 needs at least {MIN_IMAGE_SIZE} "
-                         "pixels")
+    check_image_size(image_size, "image size")
     return _assemble(model.get_layer("to_float"), model.get_layer("caffe_preprocess"),
                      backbone(model), model.get_layer("logits"), image_size, batchnorm,
                      resize=True, input_size=int(model.input_shape[1]))

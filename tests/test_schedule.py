@@ -1,11 +1,11 @@
 import pytest
 
 from resnet.config import Config
-from resnet.training.schedule import Plan, WarmupCosine, learning_rate
+from resnet.training.schedule import Schedule, WarmupCosine, learning_rate
 
 
-def test_plan_scales_with_ranks():
-    plan = Plan(Config(batch_size=64, learning_rate=0.01, epochs=2, warmup_epochs=0.5,
+def test_schedule_scales_with_ranks():
+    plan = Schedule(Config(batch_size=64, learning_rate=0.01, epochs=2, warmup_epochs=0.5,
                        weights="none"), world_size=4, num_train=50000)
     assert plan.global_batch_size == 256
     assert plan.steps_per_epoch == 196  # ceil(50000 / 256)
@@ -25,7 +25,7 @@ def test_warmup_then_cosine_to_zero():
 
 
 def test_later_phase_continues_the_curve():
-    plan = Plan(Config(epochs=3, freeze_epochs=1, weights="none"), world_size=2, num_train=1280)
+    plan = Schedule(Config(epochs=3, freeze_epochs=1, weights="none"), world_size=2, num_train=1280)
     whole = learning_rate(plan)
     later = learning_rate(plan, offset=plan.steps_per_epoch)
     for step in (0, 3, 7):
@@ -35,7 +35,7 @@ def test_later_phase_continues_the_curve():
 def test_learning_rate_at_follows_the_step_curve_for_a_fixed_world():
     from resnet.training.schedule import learning_rate_at
     config = Config(epochs=2, warmup_epochs=0.5, learning_rate=0.01, weights="none")
-    plan = Plan(config, world_size=4, num_train=25600)  # 100 steps per epoch
+    plan = Schedule(config, world_size=4, num_train=25600)  # 100 steps per epoch
     steps = learning_rate(plan)
     for step in (0, 10, 50, 73, 150, 199, 200):
         position = step / plan.steps_per_epoch
@@ -51,14 +51,14 @@ def test_warmup_from_zero_ramps_at_any_rank_count_and_elastic_follows(world_size
     base = Config(epochs=2, warmup_epochs=0.5, learning_rate=0.01, weights="none", batch_size=64)
     zero = Config(epochs=2, warmup_epochs=0.5, learning_rate=0.01, weights="none", batch_size=64,
                   warmup_from="zero")
-    plan = Plan(zero, world_size=world_size, num_train=6400 * world_size)  # 100 steps per epoch
+    plan = Schedule(zero, world_size=world_size, num_train=6400 * world_size)  # 100 steps per epoch
     steps = learning_rate(plan)
     peak = 0.01 * world_size
     assert float(steps(0)) == 0.0
     assert float(steps(25)) == pytest.approx(peak / 2)
     assert float(steps(50)) == pytest.approx(peak)
     # After the warmup the curve is the same cosine as with the default start.
-    default = learning_rate(Plan(base, world_size=world_size, num_train=6400 * world_size))
+    default = learning_rate(Schedule(base, world_size=world_size, num_train=6400 * world_size))
     for step in (50, 120, 200):
         assert float(steps(step)) == pytest.approx(float(default(step)), abs=1e-7)
     # The default starts at the single-rank rate: at 1 rank that is no warmup at all.

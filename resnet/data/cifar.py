@@ -23,9 +23,7 @@ from resnet.errors import UsageError
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
                "dog", "frog", "horse", "ship", "truck")  # CIFAR-10's label order 0..9
-IMAGE_SHAPE = (32, 32, 3)
 _PIXELS = 32 * 32 * 3
-LABEL_MODES = ("fine", "coarse")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,6 @@ from resnet.data import images
 from resnet.data.splits import SMALL_IMAGE, Split
 from resnet.errors import UsageError
 
-LOADINGS = ("auto", "memory", "stream")
 MEMORY_SHARE = 0.25  # auto: in memory if one rank's decoded copy needs at most this of its RAM
 
 

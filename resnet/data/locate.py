@@ -41,8 +41,6 @@ ARCHIVES = {
                         ("cifar-100-python", "cifar-100-binary", "cifar-100-python.tar.gz",
                          "cifar-100-binary.tar.gz")),
 }
-OFFICIAL_URL = ARCHIVES["cifar10"].url
-OFFICIAL_MD5 = ARCHIVES["cifar10"].md5
 ARCHIVE_NAME = ARCHIVES["cifar10"].name
 
 
@@ -88,7 +86,7 @@ def md5(path: str) -> str:
     return fileio.digest(path, "md5")
 
 
-def download(dest_dir: str, url: str = OFFICIAL_URL, expected_md5: str = OFFICIAL_MD5,
+def download(dest_dir: str, url: str, expected_md5: str = ARCHIVES["cifar10"].md5,
              timeout: float = 60.0, name: str = ARCHIVE_NAME) -> str:
     """Fetch the archive to dest_dir/name unless a copy with the right MD5 is there."""
     dest = os.path.join(dest_dir, name)

@@ -57,9 +57,12 @@ def train_shard(num_examples: int, seed: int, epoch: int, rank: int, world_size:
     return _deal(epoch_order(num_examples, seed, epoch)[start:], rank, world_size, batch_size)
 
 
-def examples_done(num_examples: int, steps: int, batch_size: int, world_size: int) -> int:
-    """Positions of the epoch's order consumed after `steps` steps (see train_shard)."""
-    return min(num_examples, steps * batch_size * world_size)
+def examples_done(num_examples: int, steps: int, batch_size: int, world_size: int,
+                  start: int = 0) -> int:
+    """Positions of the epoch's order consumed after `steps` more steps of `world_size` ranks
+    from position `start` (see train_shard): elastic mode adds one step at a time, at the rank
+    count of that step."""
+    return min(num_examples, start + steps * batch_size * world_size)
 
 
 def eval_shard(num_examples: int, rank: int, world_size: int, batch_size: int) -> Shard:

@@ -75,10 +75,6 @@ class DataSet:
     loading: str = "memory"
     why: str = ""
 
-    @property
-    def streamed(self) -> bool:
-        return isinstance(self.train, StreamSplit)
-
     def input_size(self, image_size: int) -> int:
         """The side of the images the pipeline hands the model. Small images in memory go in as
         they are and the model resizes them (the CIFAR path); everything else the pipeline crops

@@ -35,7 +35,7 @@ from resnet.runtime import world as runtime
 from resnet.training import callbacks as cb
 from resnet.training import checkpoints, epoch, results
 from resnet.training.optimizer import compile_model, trackables
-from resnet.training.schedule import learning_rate_at
+from resnet.training.schedule import global_batch_size, learning_rate_at
 
 
 def _broadcast_json(value):
@@ -112,8 +112,8 @@ class _Steps(tf.keras.callbacks.Callback):
             learning_rate_at(self.config, position, self.world_size))
 
     def on_train_batch_end(self, batch, logs=None):
-        self.state.done = min(self.num_train,
-                              self.state.done + self.config.batch_size * self.world_size)
+        self.state.done = sharding.examples_done(self.num_train, 1, self.config.batch_size,
+                                                 self.world_size, start=self.state.done)
         self.steps += 1
         if self.steps % self.config.commit_every_steps == 0:
             self.state.commit()
@@ -165,9 +165,7 @@ def run(config: Config, first: runtime.World) -> dict:
     data = source.load(config, first)
     train_split, test_split, class_names = data.train, data.test, data.class_names
     n = len(train_split)
-    model = model_lib.build(len(class_names), config.image_size, config.weights, config.seed,
-                            config.batchnorm, config.bn_momentum,
-                            input_size=data.input_size(config.image_size))
+    model = model_lib.from_config(config.to_dict(), len(class_names), data.input_size)
     # The rate is a variable that _Steps sets before every step.
     optimizer = compile_model(model, config, config.learning_rate)
     # Only rank 0's fields count: run() broadcasts them before the first step.
@@ -182,7 +180,8 @@ def run(config: Config, first: runtime.World) -> dict:
         world = runtime.current(first)
         runtime.quiet_unless_chief(world)  # rank 0 may be another process after a re-form
         logging.info("elastic: %d rank(s), global batch %d; at epoch %d, %d of %d examples done",
-                     world.size, config.batch_size * world.size, state.epoch + 1, state.done, n)
+                     world.size, global_batch_size(config, world.size), state.epoch + 1,
+                     state.done, n)
         test_metrics = None
         while state.epoch < config.epochs:
             if state.done < n:
@@ -215,8 +214,8 @@ def _fit_rest_of_epoch(state, config: Config, world: runtime.World, model, train
     steps = len(shard.indices) // config.batch_size
     ds = pipeline.train_dataset(train_split, shard, config.batch_size, config.seed, state.epoch,
                                 num_classes, image_size=config.image_size)
-    global_batch = config.batch_size * world.size
-    progress = cb.ProgressLog(config.log_every_steps, steps, config.epochs, global_batch,
+    progress = cb.ProgressLog(config.log_every_steps, steps, config.epochs,
+                              global_batch_size(config, world.size),
                               lambda: state.epoch, lambda: 0)
     callbacks = cb.fit_callbacks(world, lambda: state.epoch, chief=[progress],
                                  first=[_Steps(state, config, n, world.size)])

@@ -38,11 +38,9 @@ def run(config: Config, world, data, resume, requested_precision: str) -> tuple:
     model_lib.set_precision(evaluated_at, warn=world.is_chief)
     # The checkpoint decides the architecture: build with the image size it was trained at.
     image_size = trained_size(state)
-    progressive = bool(state.config.get("start_image_size"))
     class_names = data.class_names
-    model = model_lib.build(len(class_names), image_size, "none", config.seed,
-                            state.config.get("batchnorm", "frozen"), any_size=progressive,
-                            input_size=data.input_size(image_size))
+    model = model_lib.from_config(state.config, len(class_names), data.input_size,
+                                  image_size=image_size, weights="none")
     if world.is_chief:
         checkpoints.restore(resume, trackables(model))
     broadcast(model)  # Horovod: rank 0 read the checkpoint; everyone evaluates the same weights

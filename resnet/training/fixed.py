@@ -18,7 +18,7 @@ from resnet.runtime import world as world_lib
 from resnet.training import callbacks as cb
 from resnet.training import checkpoints, epoch as epoch_lib
 from resnet.training.optimizer import broadcast, compile_model, trackables
-from resnet.training.schedule import Plan, learning_rate
+from resnet.training.schedule import Schedule, learning_rate
 from resnet.training.watchdog import Watchdog
 
 
@@ -42,13 +42,13 @@ def phases(config: Config) -> List[Tuple[str, int, int]]:
 class Trainer:
     """One rank's fixed-size run over `model`'s weights; views at other image sizes share them."""
 
-    def __init__(self, config: Config, world: world_lib.World, plan: Plan, model, train, test,
-                 class_names):
-        self.config, self.world, self.plan = config, world, plan
+    def __init__(self, config: Config, world: world_lib.World, schedule: Schedule, model, train,
+                 test, class_names):
+        self.config, self.world, self.schedule = config, world, schedule
         self.train, self.test, self.class_names = train, test, class_names
         self.views = {config.image_size: model}  # progressive resizing: one view per size
         self.progress = Progress()
-        self.throughput = cb.Throughput(plan.global_batch_size)
+        self.throughput = cb.Throughput(schedule.global_batch_size)
         self.stop = cb.StopOnSignal(world.size)
         self.watchdog = Watchdog(config.hang_timeout, world.rank, self._where)
         self.test_metrics: Optional[dict] = None  # None: the checkpoint held every epoch
@@ -92,7 +92,7 @@ class Trainer:
         """Compile the phase's optimizer, restore the checkpoint (rank 0), broadcast."""
         self.phase, self.model = phase, self.view(max(self.progress.epoch, first))
         # The schedule continues across phases: a later phase's optimizer starts at its first step.
-        rate = learning_rate(self.plan, first * self.plan.steps_per_epoch)
+        rate = learning_rate(self.schedule, first * self.schedule.steps_per_epoch)
         self.optimizer = compile_model(self.model, self.config, rate, phase,
                                        distributed=self.world.size > 1)
         if resume and self.world.is_chief:
@@ -101,11 +101,11 @@ class Trainer:
                                                    self.optimizer if same_phase else None, phase))
         broadcast(self.model, self.optimizer)
         step_ckpt = (cb.StepCheckpoint(self.config.checkpoint_every_steps, self.save,
-                                       lambda: self.progress.step, self.plan.steps_per_epoch)
+                                       lambda: self.progress.step, self.schedule.steps_per_epoch)
                      if self.config.checkpoint_every_steps else None)
         progress_log = cb.ProgressLog(
-            self.config.log_every_steps, self.plan.steps_per_epoch, self.config.epochs,
-            self.plan.global_batch_size, lambda: self.progress.epoch, lambda: self.progress.step)
+            self.config.log_every_steps, self.schedule.steps_per_epoch, self.config.epochs,
+            self.schedule.global_batch_size, lambda: self.progress.epoch, lambda: self.progress.step)
         self.callbacks = cb.fit_callbacks(
             self.world, lambda: self.progress.epoch, every_rank=[self.stop, self.watchdog],
             chief=[self.throughput, progress_log, cb.tensorboard(self.config.model_dir)]
@@ -124,9 +124,9 @@ class Trainer:
                                     epoch, len(self.class_names), skip_steps=self.progress.step,
                                     image_size=self.config.image_size)
         fit = self.model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
-                             steps_per_epoch=self.plan.steps_per_epoch - self.progress.step,
+                             steps_per_epoch=self.schedule.steps_per_epoch - self.progress.step,
                              callbacks=self.callbacks)
-        if self.stop.stopped and self.progress.step + self.stop.steps_done < self.plan.steps_per_epoch:
+        if self.stop.stopped and self.progress.step + self.stop.steps_done < self.schedule.steps_per_epoch:
             self.progress.step += self.stop.steps_done
             self.save(self.progress.step)  # mid-epoch: the resumed run skips the steps done
             self._stop_after_checkpoint(f"at epoch {epoch + 1}, step {self.progress.step}")

@@ -18,7 +18,7 @@ from resnet.data import source
 from resnet.runtime import placement
 from resnet.runtime import world as world_lib
 from resnet.training import checkpoints, elastic, epoch, eval_only, fixed, results
-from resnet.training.schedule import Plan
+from resnet.training.schedule import Schedule
 
 
 def run(config: Config) -> dict:
@@ -64,19 +64,16 @@ def _announce(requested: Config, config: Config) -> None:
 def _train(config: Config, world, data, resume) -> dict:
     model_lib.set_precision(config.precision, warn=world.is_chief)
     train, test, class_names = data.train, data.test, data.class_names
-    plan = Plan(config, world.size, len(train))
+    schedule = Schedule(config, world.size, len(train))
     logging.info("%d rank(s) x batch %d = global batch %d; %d steps/epoch; lr %.4g -> %.4g over "
                  "%d warmup steps, cosine to 0 at step %d; %s, %spx", world.size,
-                 config.batch_size, plan.global_batch_size, plan.steps_per_epoch,
-                 plan.warmup_start, plan.peak_learning_rate, plan.warmup_steps, plan.total_steps,
+                 config.batch_size, schedule.global_batch_size, schedule.steps_per_epoch,
+                 schedule.warmup_start, schedule.peak_learning_rate, schedule.warmup_steps, schedule.total_steps,
                  config.precision, f"{config.start_image_size}px then " *
                  bool(config.start_image_size) + str(config.image_size))
-    model = model_lib.build(len(class_names), config.image_size, config.weights, config.seed,
-                            config.batchnorm, config.bn_momentum,
-                            any_size=bool(config.start_image_size),
-                            input_size=data.input_size(config.image_size))
+    model = model_lib.from_config(config.to_dict(), len(class_names), data.input_size)
     started = time.time()
-    trainer = fixed.Trainer(config, world, plan, model, train, test, class_names).run(resume)
+    trainer = fixed.Trainer(config, world, schedule, model, train, test, class_names).run(resume)
     test_metrics = trainer.test_metrics
     if test_metrics is None:  # already trained to --epochs: evaluate what the checkpoint holds
         test_metrics = epoch.evaluate_test(model, test, world, config, class_names)
@@ -85,5 +82,5 @@ def _train(config: Config, world, data, resume) -> dict:
         "images_per_second": throughput.images_per_second,
         "train_step_seconds": throughput.warm or throughput.cold,  # rank 0's clock, per step
         "train_minutes": (time.time() - started) / 60,
-        "num_train_examples": len(train), "steps_per_epoch": plan.steps_per_epoch,
+        "num_train_examples": len(train), "steps_per_epoch": schedule.steps_per_epoch,
         "mode": "train"}, class_names)

@@ -17,6 +17,7 @@ from resnet import fileio
 from resnet.config import Config
 from resnet.errors import UsageError
 from resnet.training import report
+from resnet.training.schedule import global_batch_size
 
 MODEL_FILE = "model.keras"
 CLASS_NAMES_FILE = "class_names.json"
@@ -54,7 +55,7 @@ def versions() -> dict:
 
 def metrics_dict(config: Config, world, test_metrics: dict, history: list, extra: dict) -> dict:
     return {**test_metrics, "history": history, "world_size": world.size,
-            "global_batch_size": config.batch_size * world.size, "flags": config.to_dict(),
+            "global_batch_size": global_batch_size(config, world.size), "flags": config.to_dict(),
             "versions": versions(), "command": " ".join(sys.argv), **extra}
 
 

@@ -19,15 +19,38 @@ def warmup_start(config: Config) -> float:
     return 0.0 if config.warmup_from == "zero" else config.learning_rate
 
 
+def global_batch_size(config: Config, world_size: int) -> int:
+    """Examples per step over all ranks."""
+    return config.batch_size * world_size
+
+
+def peak_learning_rate(config: Config, world_size: int) -> float:
+    """--learning_rate is for one rank's batch; the peak scales with the ranks (Goyal et al.)."""
+    return config.learning_rate * world_size
+
+
+def warmup_cosine(x, start, peak, warmup, total, cos=math.cos, clip=None, where=None):
+    """The one curve: linear from `start` to `peak` over `warmup`, then cosine to 0 at `total`,
+    with `x`, `warmup` and `total` in one unit (steps, or epochs). Plain floats by default; with
+    TensorFlow's cos, clip_by_value and where it is a graph op (WarmupCosine)."""
+    clip = clip or (lambda v, lo, hi: min(max(v, lo), hi))
+    where = where or (lambda cond, a, b: a if cond else b)
+    tiny = 1e-9  # a warmup (or a decay) of length 0: never divide by it
+    warm = start + (peak - start) * x / max(warmup, tiny)
+    progress = clip((x - warmup) / max(total - warmup, tiny), 0.0, 1.0)
+    return where(x < warmup, warm, 0.5 * peak * (1.0 + cos(math.pi * progress)))
+
+
 @dataclasses.dataclass(frozen=True)
-class Plan:
+class Schedule:
+    """The run's steps and learning rate once the world size is known (fixed-size training)."""
     config: Config
     world_size: int
     num_train: int
 
     @property
     def global_batch_size(self) -> int:
-        return self.config.batch_size * self.world_size
+        return global_batch_size(self.config, self.world_size)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -39,7 +62,7 @@ class Plan:
 
     @property
     def peak_learning_rate(self) -> float:
-        return self.config.learning_rate * self.world_size
+        return peak_learning_rate(self.config, self.world_size)
 
     @property
     def warmup_start(self) -> float:
@@ -53,7 +76,7 @@ class Plan:
 # Registered: Horovod's DistributedOptimizer re-creates the optimizer from its config.
 @tf.keras.utils.register_keras_serializable(package="resnet")
 class WarmupCosine(tf.keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup from `start` to `peak` over `warmup` steps, cosine decay to 0 at `total`.
+    """warmup_cosine over optimizer steps, `start` to `peak` over `warmup` steps, 0 at `total`.
 
     `offset` shifts the step so that an optimizer created for a later phase (after freezing)
     continues the same curve.
@@ -65,30 +88,22 @@ class WarmupCosine(tf.keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32) + self.offset
-        warm = self.start + (self.peak - self.start) * step / max(self.warmup, 1)
-        progress = (step - self.warmup) / max(self.total - self.warmup, 1)
-        cosine = 0.5 * self.peak * (1.0 + tf.cos(math.pi * tf.clip_by_value(progress, 0.0, 1.0)))
-        return tf.where(step < self.warmup, warm, cosine)
+        return warmup_cosine(step, self.start, self.peak, self.warmup, self.total, cos=tf.cos,
+                             clip=tf.clip_by_value, where=tf.where)
 
     def get_config(self):
         return dict(start=self.start, peak=self.peak, warmup=self.warmup, total=self.total,
                     offset=self.offset)
 
 
-def learning_rate(plan: Plan, offset: int = 0) -> WarmupCosine:
-    return WarmupCosine(start=plan.warmup_start, peak=plan.peak_learning_rate,
-                        warmup=plan.warmup_steps, total=plan.total_steps, offset=offset)
+def learning_rate(schedule: Schedule, offset: int = 0) -> WarmupCosine:
+    return WarmupCosine(start=schedule.warmup_start, peak=schedule.peak_learning_rate,
+                        warmup=schedule.warmup_steps, total=schedule.total_steps, offset=offset)
 
 
 def learning_rate_at(config: Config, position: float, world_size: int) -> float:
-    """The same warmup-cosine curve as WarmupCosine, with the position in epochs (fractional)
-    instead of steps, for the rank count in force now: elastic mode sets the rate every step,
-    because a step count means nothing once the number of ranks (and so the steps per epoch)
-    changes mid-run."""
-    peak = config.learning_rate * world_size
-    start = warmup_start(config)
-    warmup, total = config.warmup_epochs, float(config.epochs)
-    if position < warmup:
-        return start + (peak - start) * position / warmup
-    progress = min(max((position - warmup) / max(total - warmup, 1e-9), 0.0), 1.0)
-    return 0.5 * peak * (1.0 + math.cos(math.pi * progress))
+    """The same curve with the position in epochs (fractional) instead of steps, for the rank
+    count in force now: elastic mode sets the rate every step, because a step count means
+    nothing once the number of ranks (and so the steps per epoch) changes mid-run."""
+    return warmup_cosine(position, warmup_start(config), peak_learning_rate(config, world_size),
+                         config.warmup_epochs, float(config.epochs))
