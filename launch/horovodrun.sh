@@ -20,17 +20,18 @@ source "$root/launch/common.sh"
 plan_args=(--launcher horovodrun)
 while (($#)); do
   case $1 in
-    -np) plan_args+=(--np "$2"); shift 2 ;;
-    -H|--hosts) plan_args+=(--hosts "$2"); shift 2 ;;
-    --hostfile) plan_args+=(--hostfile "$2"); shift 2 ;;
-    --min-np) plan_args+=(--min_np "$2"); shift 2 ;;
-    --max-np) plan_args+=(--max_np "$2"); shift 2 ;;
-    --hosts-file) plan_args+=(--hosts_file "$2"); shift 2 ;;
-    --network-interfaces) plan_args+=(--network_interfaces "$2"); shift 2 ;;
+    -np) plan_args+=(--np "$(value "$@")"); shift 2 ;;
+    -H|--hosts) plan_args+=(--hosts "$(value "$@")"); shift 2 ;;
+    --hostfile) plan_args+=(--hostfile "$(value "$@")"); shift 2 ;;
+    --min-np) plan_args+=(--min_np "$(value "$@")"); shift 2 ;;
+    --max-np) plan_args+=(--max_np "$(value "$@")"); shift 2 ;;
+    --hosts-file) plan_args+=(--hosts_file "$(value "$@")"); shift 2 ;;
+    --network-interfaces) plan_args+=(--network_interfaces "$(value "$@")"); shift 2 ;;
     --dry_run) plan_args+=(--dry_run); shift ;;
     -h|--help) usage "$0"; exit 0 ;;
     --) shift; break ;;
-    *) break ;;
+    *) echo "error: unknown option $1 (train_dist.py's flags go after --; see" \
+            "$(basename "$0") --help)" >&2; exit 2 ;;
   esac
 done
 exec "$PY" -m resnet.launch.plan "${plan_args[@]}" -- "$@"

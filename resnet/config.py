@@ -10,6 +10,7 @@ import os
 from typing import Optional
 
 from resnet.errors import UsageError
+from resnet.fileio import CHECKOUT
 
 PRECISIONS = ("auto", "fp32", "bf16")
 DATASETS = ("auto", "cifar10", "cifar100", "synthetic")
@@ -35,7 +36,10 @@ class Config:
     # 23.0 min in bf16 on 2 Zen 4 cores (2026-11-28); in float32 on 1 rank x 2 AVX2 cores, the
     # same global batch and rate: 90.67% in 47.7 min (2026-11-27), 90.82% on TF 2.21.
     preset: str = ""  # the preset these values started from (presets.py); "" for none
-    model_dir: str = "/tmp/resnet_cifar10"
+    # Under the checkout, which every node of a cluster shares: a requeued job on another node,
+    # or a rank 0 that moved, resumes from it (a node-local /tmp would start over). Across
+    # hosts the job checks that every host sees the same folder (runtime/shared_dir.py).
+    model_dir: str = os.path.join(CHECKOUT, "runs", "resnet_cifar10")
     data_dir: Optional[str] = None  # None: $CIFAR10_DIR, then ~/.keras/datasets
     # auto: whatever --data_dir holds (CIFAR-10 when it is not given); cifar10/cifar100 also
     # say what to search for and --download, and insist on it.

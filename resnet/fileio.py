@@ -1,9 +1,15 @@
-"""Small file helpers shared by checkpoints, reports and downloads: digests and atomic writes."""
+"""Small file helpers shared by checkpoints, reports and downloads: digests and atomic writes,
+and where the checkout is."""
 
 import hashlib
 import json
 import os
 import tempfile
+
+# The checkout this package lives in: train_dist.py, the launch/ scripts that plans name, and
+# runs/, the default --model_dir's home (on a cluster the checkout is on the file system every
+# node shares, README "Running on a cluster").
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def digest(path: str, algorithm: str = "sha256") -> str:

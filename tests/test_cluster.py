@@ -132,6 +132,34 @@ def test_plain_horovodrun_across_hosts_then_eval_on_two_hosts_equals_one_process
     assert one["confusion_matrix"] == two["confusion_matrix"]
 
 
+def test_a_model_dir_that_one_host_does_not_share_is_refused_before_training(cluster, tmp_path,
+                                                                           image_tar):
+    """node2 has a folder of its own where node1 and node3 share one (a node-local disk where
+    the others mount NFS): the job stops on every rank, naming the host, before any training,
+    and leaves nothing behind; on hosts that share it, the same command trains."""
+    model_dir = tmp_path / "runs" / "m"
+    cmd = [MPIRUN, "--nodes", "2", "--ranks_per_node", "1", "--hosts", "{}:1,{}:1", "--"] + \
+        _job_flags(image_tar, model_dir, "--epochs=1", "--max_train_examples=16")
+    cluster.private_dir("node2", str(tmp_path))
+    try:
+        proc = cluster.run("node1", [a.format("node1", "node2") for a in cmd], cwd=ROOT,
+                           env=_env(cluster), check=False, timeout=600)
+    finally:
+        cluster.shared_dir("node2", str(tmp_path))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2, log[-3000:]
+    # Rank 0 is whichever process Horovod made rank 0: the other host is the one named.
+    named = re.search(r"host\(s\) (node\d) do not see the folder that rank 0 on (node\d) writes",
+                      log)
+    assert named and set(named.groups()) == {"node1", "node2"}, log[-3000:]
+    assert "step 1/" not in log  # no training step ran
+    assert list(tmp_path.iterdir()) == []  # no model_dir made, the marker removed
+    proc = cluster.run("node1", [a.format("node1", "node3") for a in cmd], cwd=ROOT,
+                       env=_env(cluster), timeout=600)
+    assert json.loads((model_dir / "metrics.json").read_text())["world_size"] == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shared-check-")]
+
+
 def test_an_unreachable_host_at_start_is_a_clear_error_not_a_hang(cluster):
     cluster.cut("node3")
     try:

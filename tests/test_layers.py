@@ -14,8 +14,8 @@ from conftest import ROOT, job_env
 ALLOWED = {
     "resnet.errors": set(),
     "resnet.fileio": {"resnet.errors"},
-    "resnet.runtime": {"resnet.errors"},
-    "resnet.config": {"resnet.errors", "resnet.runtime"},
+    "resnet.runtime": {"resnet.errors", "resnet.fileio"},
+    "resnet.config": {"resnet.errors", "resnet.fileio", "resnet.runtime"},
     "resnet.presets": {"resnet.errors", "resnet.config"},
     "resnet.flags": {"resnet.errors", "resnet.config", "resnet.presets"},
     "resnet.data": {"resnet.errors", "resnet.fileio", "resnet.config", "resnet.runtime"},
@@ -24,7 +24,7 @@ ALLOWED = {
                         "resnet.data", "resnet.model"},
     "resnet.predict": {"resnet.errors", "resnet.data", "resnet.model", "resnet.training",
                        "resnet.runtime"},
-    "resnet.launch": {"resnet.errors", "resnet.runtime"},
+    "resnet.launch": {"resnet.errors", "resnet.fileio", "resnet.runtime"},
 }
 
 

@@ -276,3 +276,22 @@ def test_horovodrun_np_counts_every_rank_across_hosts():
     assert "command: horovodrun -np 4 -H localhost:2,127.0.0.1:2 " in out.stdout
     out = _run("horovodrun.sh", "--dry_run", "-np", "3", "-H", "localhost:2,127.0.0.1:1")
     assert out.returncode == 2 and "the same number of ranks" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-np"], "error: -np needs a value (see horovodrun.sh --help)"),
+    (["-H", "--dry_run"], "error: -H needs a value"),
+    (["--epochs=1"], "error: unknown option --epochs=1 (train_dist.py's flags go after --"),
+])
+def test_horovodrun_script_refuses_a_missing_value_or_an_unknown_option(args, message):
+    out = _run("horovodrun.sh", *args)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert "unbound variable" not in out.stderr and not out.stdout
+
+
+def test_launch_scripts_refuse_to_run_without_the_venv(tmp_path):
+    out = subprocess.run([os.path.join(ROOT, "launch", "horovodrun.sh"), "--dry_run"], cwd=ROOT,
+                         env=job_env(VENV=str(tmp_path)), capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and f"no Python at {tmp_path}/bin/python: run tools/setup.sh" \
+        in out.stderr, out.stderr

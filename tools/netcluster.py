@@ -290,6 +290,17 @@ class Cluster:
         return subprocess.Popen(self._enter(host, cwd) + list(cmd), env=env or self.env(),
                                 **kwargs)
 
+    # --- file systems --------------------------------------------------------------------------
+
+    def private_dir(self, host: str, path: str) -> None:
+        """Give `host` a folder of its own at `path` (a tmpfs in its mount namespace), where
+        the other hosts keep seeing the shared one: a node-local disk at a shared path.
+        shared_dir() undoes it; the namespace's end (stop()) does too."""
+        self.run(host, ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", path])
+
+    def shared_dir(self, host: str, path: str) -> None:
+        self.run(host, ["umount", path], check=False)
+
     # --- links -------------------------------------------------------------------------------
 
     def shape(self, host: str, rate: str, dev: str = "eth0") -> None:

@@ -7,7 +7,4 @@ and environment) and nothing imports it but the entry points and the launch scri
 batch scripts.
 """
 
-import os
-
-# The checkout these modules live in: train_dist.py and the launch/ scripts that plans name.
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from resnet.fileio import CHECKOUT  # noqa: F401  (the launch modules' one name for it)

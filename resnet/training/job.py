@@ -2,9 +2,9 @@
 
 The one place that chooses what runs: --elastic (elastic.py, which must start differently: no
 collective before Horovod's elastic loop), --eval_only (eval_only.py), or fixed-size training
-(fixed.py). Flow of the last two: start Horovod and threads -> the chief checks --model_dir ->
-load and shard the data -> agree on the checkpoint to resume from -> train or evaluate -> rank 0
-saves the model and writes the metrics.
+(fixed.py). Flow of the last two: start Horovod and threads -> the chief checks --model_dir and
+every host that it sees the same one -> load and shard the data -> agree on the checkpoint to
+resume from -> train or evaluate -> rank 0 saves the model and writes the metrics.
 """
 
 import time
@@ -15,7 +15,7 @@ from absl import logging
 from resnet import model as model_lib
 from resnet.config import Config
 from resnet.data import source
-from resnet.runtime import placement
+from resnet.runtime import placement, shared_dir
 from resnet.runtime import world as world_lib
 from resnet.training import checkpoints, elastic, epoch, eval_only, fixed, results
 from resnet.training.schedule import Schedule
@@ -34,6 +34,7 @@ def run(config: Config) -> dict:
     if config.debug:
         tf.debugging.set_log_device_placement(True)
     world_lib.chief_decides(world, lambda: results.check_model_dir(config.model_dir))
+    shared_dir.check(world, config.model_dir)  # across hosts: every host sees rank 0's folder
     data = source.load(config, world)
     resume = world_lib.chief_decides(world, lambda: _resumable(config, len(data.class_names)))
     if config.eval_only:  # at the checkpoint's precision unless one is asked for
