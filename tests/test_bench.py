@@ -104,6 +104,7 @@ def test_freeze_benchmark_compares_precisions_with_the_same_variables(tmp_path):
         "32/conv5/bf16", "32/conv5/fp32"]
 
 
+@pytest.mark.slow  # starts the benchmark (TensorFlow) to see it refuse
 def test_freeze_benchmark_refuses_unknown_stages_and_sizes(tmp_path):
     proc = _freeze_bench("--stages=conv4,conv9", f"--out={tmp_path / 'f.json'}")
     assert proc.returncode == 2 and "conv9: not a stage" in proc.stderr

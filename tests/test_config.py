@@ -88,6 +88,7 @@ def test_unwritable_model_dir(tmp_path, image_tar):
     assert f"--model_dir={target}: not writable" in proc.stderr
 
 
+@pytest.mark.slow  # a real job (TensorFlow, Horovod)
 def test_gloo_operations_without_horovodrun_gloo_exit_2_instead_of_crashing(tmp_path, image_tar):
     # Without the check, this process dies with SIGSEGV (-11) at Horovod's first allreduce.
     proc = subprocess.run([sys.executable, "train_dist.py", "--weights=none", "--epochs=1",

@@ -1,18 +1,22 @@
-"""--elastic's refusals. The real elastic runs (a host that joins, rank 0 killed, a link cut; the
-survivors finish and evaluate as one process does) run across emulated hosts: test_cluster."""
-
-import os
+"""--elastic's refusals, in-process: each needs a collective before training, which elastic mode
+must not have. The real elastic runs (a host that joins, rank 0 killed, a link cut; the
+survivors finish and evaluate as one process does) run across emulated hosts: test_cluster.
+That a refused Config exits 2 before anything is written: test_config's command-line refusals."""
 
 import pytest
 
-from conftest import run_job
+from resnet.config import Config
+from resnet.errors import UsageError
 
-pytestmark = pytest.mark.slow  # starts train_dist.py (TensorFlow)
 
-
-def test_elastic_refuses_what_needs_a_collective_before_training(tmp_path, image_tar):
-    proc = run_job([f"--data_dir={image_tar}", f"--model_dir={tmp_path}/m", "--elastic",
-                    "--freeze_epochs=1", "--weights=none"], check=False)
-    assert proc.returncode == 2
-    assert "--elastic does not combine with --freeze_epochs" in proc.stderr
-    assert not os.path.exists(tmp_path / "m")
+@pytest.mark.parametrize("extra, message", [
+    (dict(freeze_epochs=1), "--elastic does not combine with --freeze_epochs"),
+    (dict(download=True), "--elastic does not combine with --download"),
+    (dict(eval_only=True), "--elastic does not combine with --eval_only"),
+    (dict(start_image_size=32), "--elastic does not combine with --start_image_size"),
+])
+def test_elastic_refuses_what_needs_a_collective_before_training(tmp_path, extra, message):
+    with pytest.raises(UsageError, match=message):
+        Config(elastic=True, epochs=2, weights="none", model_dir=str(tmp_path / "m"), **extra)
+    Config(elastic=True, epochs=2, weights="none", model_dir=str(tmp_path / "m"))  # alone: fine
+    assert not (tmp_path / "m").exists()

@@ -5,6 +5,7 @@ import os
 import re
 from importlib import metadata
 
+import pytest
 import yaml
 
 from conftest import ROOT
@@ -88,6 +89,7 @@ def test_horovod_keras_layer_uses_tf_keras():
         assert hasattr(module.K, "get_value") and hasattr(module.K, "set_value")
 
 
+@pytest.mark.slow  # a TensorFlow subprocess
 def test_resnet_refuses_a_tf_keras_already_bound_to_keras_3():
     import subprocess
     import sys

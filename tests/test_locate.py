@@ -56,6 +56,7 @@ def test_search_order(tmp_path, monkeypatch):
     assert locate.find("/given") == "/given"
 
 
+@pytest.mark.slow  # a real job (TensorFlow)
 def test_job_with_wrong_md5_mirror_exits_2(tmp_path, splits, served):
     www, base = served
     (www / "c.tar.gz").write_bytes(open(_archive(tmp_path, splits), "rb").read())

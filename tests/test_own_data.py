@@ -17,6 +17,9 @@ from resnet.errors import UsageError
 from resnet.predict import predict
 from resnet.training import job
 
+# Whole trainings (in-process) and refusals through train_dist.py: the slow tier.
+pytestmark = pytest.mark.slow
+
 CLASSES = ["circle", "square", "star", "wave"]
 
 

@@ -28,6 +28,7 @@ def tree(tmp_path):
     return str(tmp_path / "tree"), index
 
 
+@pytest.mark.slow  # the converter's command line: a TensorFlow subprocess
 def test_converter_command_shards_and_reads_back(tmp_path, tree):
     root, index = tree
     out = tmp_path / "rec"
