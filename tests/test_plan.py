@@ -114,9 +114,12 @@ def test_zero_threads_or_cores_refused():
         T(2, 4, 0)
 
 
-def test_this_machine_is_read():
-    t = topology.read()
-    assert t.physical_cores * t.threads_per_core >= len(os.sched_getaffinity(0)) >= 1
+def test_this_machine_is_read_alike_from_lscpu_and_from_sys():
+    # Two independent sources of the same facts: lscpu's table and the kernel's /sys files.
+    from_lscpu = topology._from_rows(topology._lscpu_rows())
+    assert from_lscpu == topology._from_rows(topology._sys_rows()) == topology.read()
+    assert from_lscpu.physical_cores * from_lscpu.threads_per_core >= len(
+        os.sched_getaffinity(0)) >= 1
 
 
 def _run(script, *args):

@@ -52,8 +52,13 @@ def test_thread_counts_flag_then_launcher_then_own_cores(monkeypatch):
     ht_socket = topology.Topology(1, 28, 2)  # bound to one socket of 28 cores, 56 threads
     assert threads.thread_counts(topology=ht_socket) == (28, 2)  # siblings counted once
     assert threads.thread_counts(topology=topology.Topology(1, 1, 1)) == (1, 1)
-    here = topology.read()
-    assert threads.thread_counts() == threads.thread_counts(topology=here)
+    # No launcher and no flags: this process's own cores, counted from the kernel's /sys
+    # (each (package, core) once) rather than through topology.read().
+    allowed = os.sched_getaffinity(0)
+    cores = {(open(f"/sys/devices/system/cpu/cpu{c}/topology/physical_package_id").read(),
+              open(f"/sys/devices/system/cpu/cpu{c}/topology/core_id").read()) for c in allowed}
+    spare = len(cores) >= threads.SPARE_CORE_FROM and len(cores) == len(allowed)
+    assert threads.thread_counts() == (len(cores) - spare, 2 if len(cores) >= 2 else 1)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert threads.thread_counts(topology=ht_socket) == (1, 1)  # a one-core rank: one inter-op
     monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "3")
