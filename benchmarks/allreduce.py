@@ -117,14 +117,14 @@ EMULATED_ROUND_S = 0.026
 
 def _predicted(hosts: int, nbytes: int, rate: str, round_s: float = None) -> float:
     from resnet.launch import cost_model
-    from netcluster import _rate_bits
-    return cost_model.allreduce_seconds(hosts, nbytes, _rate_bits(rate) / 1e9,
+    from tools.netcluster import rate_bits
+    return cost_model.allreduce_seconds(hosts, nbytes, rate_bits(rate) / 1e9,
                                         cost_model.LATENCY_S if round_s is None else round_s,
                                         wire=TBF_WIRE)
 
 
 def run(rates, host_counts, compressions, iters, rounds, levers, defaults=True) -> list:
-    import netcluster
+    from tools import netcluster
     why = netcluster.unavailable()
     if why:
         raise SystemExit(f"error: {why}")
@@ -200,7 +200,7 @@ def _train(cluster, hosts: int, compression: str, steps: int, no_plan_env=False)
 
 def end_to_end(rates, compressions, steps: int, rounds: int, no_plan_env=False) -> list:
     """train_dist.py's images/s on 2 hosts per link against compute + the modelled allreduce."""
-    import netcluster
+    from tools import netcluster
     from resnet.launch import cost_model
     settings = [("unshaped", 1, "none")] + [(r, 2, c) for r in rates for c in compressions]
     got = {s: [] for s in settings}
@@ -267,7 +267,6 @@ def main():
     unknown = [n for n in a.levers.split(",") if n and n not in LEVERS]
     if unknown:
         raise SystemExit(f"error: --levers: unknown {unknown}; known: {', '.join(LEVERS)}")
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
     started = time.time()
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     if a.end_to_end:

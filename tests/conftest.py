@@ -10,7 +10,6 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))  # netcluster: the emulated cluster
 
 import cifar_files  # noqa: E402
 import resnet  # noqa: E402,F401  (TF_USE_LEGACY_KERAS=1 for every test and every job it starts)

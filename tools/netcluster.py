@@ -34,7 +34,7 @@ def _sh(cmd: Sequence[str], check: bool = True, timeout: float = 60, **kwargs):
                           timeout=timeout, **kwargs)
 
 
-def _rate_bits(rate: str) -> int:
+def rate_bits(rate: str) -> int:
     units = {"kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "bit": 1}
     for unit, scale in units.items():
         if rate.endswith(unit):
@@ -308,7 +308,7 @@ class Cluster:
         Latency and loss would need netem (sch_netem), which this machine's kernel lacks (as it
         lacks tc's classifiers and actions: only tbf, htb and clsact load); the links' own
         latency is a veth pair's, tens of microseconds."""
-        bits = _rate_bits(rate)
+        bits = rate_bits(rate)
         # A burst of at least one timer tick's worth of bytes (HZ up to 1000) keeps tbf from
         # throttling below the rate; 50 ms of queue before it drops.
         burst = max(bits // 8 // 250, 64 * 1024)
