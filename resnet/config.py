@@ -31,10 +31,9 @@ DEBUG_BATCH_SIZE = 32
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    # The defaults are the fastest recipe to 90% measured (presets.py: "fast"). With make train's
-    # 2 ranks: global batch 64, peak rate 0.004, 96 px, conv1-conv3 frozen, 2 epochs: 91.00% in
-    # 23.0 min in bf16 on 2 Zen 4 cores (2026-11-28); in float32 on 1 rank x 2 AVX2 cores, the
-    # same global batch and rate: 90.67% in 47.7 min (2026-11-27), 90.82% on TF 2.21.
+    # The defaults are the fastest recipe to 90% measured (presets.py: "fast"; its accuracy and
+    # minutes on each CPU: BENCHMARKS.md, Accuracy). With make train's 2 ranks: global batch 64,
+    # peak rate 0.004, 96 px, conv1-conv3 frozen, 2 epochs.
     preset: str = ""  # the preset these values started from (presets.py); "" for none
     # Under the checkout, which every node of a cluster shares: a requeued job on another node,
     # or a rank 0 that moved, resumes from it (a node-local /tmp would start over). Across
@@ -117,9 +116,9 @@ class Config:
 
 
 def resolve_precision(precision: str, cpu_flags=None) -> str:
-    """'auto' -> 'bf16' on a CPU with bfloat16 arithmetic (1.7x float32's images/s measured on
-    AVX512-BF16, the same accuracy), 'fp32' elsewhere (emulated bf16 ran at a tenth of float32's
-    speed on AVX2). fp32 and bf16 are kept as given."""
+    """'auto' -> 'bf16' on a CPU with bfloat16 arithmetic (faster than float32 there at the same
+    accuracy), 'fp32' elsewhere (emulated bf16 runs many times slower): BENCHMARKS.md, "float32
+    against bf16". fp32 and bf16 are kept as given."""
     if precision != "auto":
         return precision
     from resnet.runtime import topology

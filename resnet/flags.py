@@ -31,7 +31,8 @@ def define(flag_values=flags.FLAGS) -> None:
     f = _Definer(flag_values)
     f.DEFINE_enum("preset", "", [""] + list(presets.PRESETS), "A named recipe (resnet/presets.py): "
                   "fast (the defaults: the fastest measured route to 90%), best (the best 2-epoch "
-                  "accuracy measured, 92.6%, about 2.5x fast's time), debug (a tiny first run). "
+                  "accuracy measured, at a few times fast's time), debug (a tiny first run); "
+                  "their figures: BENCHMARKS.md, Accuracy. "
                   "Flags given on the command line win over it.")
     f.DEFINE_string("model_dir", _D.model_dir, "Checkpoints, logs, the trained model and "
                     "metrics.json. The same --model_dir again resumes.")
@@ -67,9 +68,9 @@ def define(flag_values=flags.FLAGS) -> None:
                      "epoch but the last trains at this size (e.g. 96), the last at --image_size "
                      "(e.g. 128). 0: every epoch at --image_size.")
     f.DEFINE_enum("precision", _D.precision, PRECISIONS, "auto: bf16 where the CPU has AMX or "
-                  "AVX512-BF16, else fp32. bf16 (Keras mixed_bfloat16) trained 1.7x fp32's "
-                  "images/s on AVX512-BF16 at the same accuracy; without them it is emulated, "
-                  "about 10x slower, and a warning says so. With --eval_only, auto is "
+                  "AVX512-BF16, else fp32. bf16 (Keras mixed_bfloat16) trains faster than fp32 "
+                  "there at the same accuracy (BENCHMARKS.md); without them it is emulated, "
+                  "many times slower, and a warning says so. With --eval_only, auto is "
                   "the precision the checkpoint trained at.")
     f.DEFINE_integer("batch_size", _D.batch_size, "Per rank; the global batch is this x ranks.")
     f.DEFINE_integer("epochs", _D.epochs, "Epochs in all, head-only ones included.")

@@ -25,8 +25,8 @@ IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications.resnet50.pr
 
 def bf16_warning(flags):
     """A warning for --precision=bf16 on a CPU with these flags (topology.cpu_flags()) and no
-    bfloat16 arithmetic, else None (also for None: flags unknown). Measured: 0.08-0.10x
-    float32's images/s on an AVX2-only EPYC, 1.7x on an AVX512-BF16 one (BENCHMARKS.md)."""
+    bfloat16 arithmetic, else None (also for None: flags unknown). Emulated bf16 is many times
+    slower than float32 (BENCHMARKS.md, "float32 against bf16")."""
     if flags is None or topology.has_bf16(flags):
         return None
     return ("--precision=bf16 on a CPU without AMX or AVX512-BF16: oneDNN emulates bfloat16, "
@@ -159,7 +159,7 @@ def set_trainable(model: tf.keras.Model, phase: str, train_from: str = "conv1") 
 
     Stages before `train_from` keep their ImageNet weights. No variable before them trains, so
     the gradient tape records none of their ops and their backward pass is never computed:
-    conv1-conv3 hold about 45% of ResNet50's multiply-adds (measured speed-up: BENCHMARKS.md)."""
+    conv1-conv3 hold nearly half of ResNet50's multiply-adds (measured speed-up: BENCHMARKS.md)."""
     bb = backbone(model)
     bb.trainable = phase == "full"  # Keras sets every layer inside to the same
     if phase != "full":

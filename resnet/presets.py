@@ -15,13 +15,11 @@ from resnet.errors import UsageError
 
 PRESETS: Dict[str, dict] = {
     # The defaults: 96 px, conv1-conv3 frozen, 2 epochs, global batch 64 at peak rate 0.004
-    # (2 ranks x 32), precision auto. 91.00% in 23.0 min on 2 Zen 4 cores in bf16 (2026-11-28);
-    # 90.67% in 47.7 min on 2 AVX2 cores in float32 at 1 rank x 64 (2026-11-27).
+    # (2 ranks x 32), precision auto. Accuracy and minutes per CPU: BENCHMARKS.md, Accuracy.
     "fast": {},
     # The best 2-epoch accuracy measured: 160 px, peak rate ramped from 0, each test image also
-    # scored mirrored. 92.59% (92.18% without the flips) in 53.0 min on 2 Zen 4 cores in bf16,
-    # 1 rank x 64 at 0.004 (2026-11-28); here 32 per rank at 0.002, the same global batch and
-    # peak rate at 2 ranks. In float32 on AVX2 expect about 2.5x the time.
+    # scored mirrored. Measured at 1 rank x 64 at 0.004 (BENCHMARKS.md, Accuracy); here 32 per
+    # rank at 0.002, the same global batch and peak rate at 2 ranks.
     "best": {"image_size": 160, "warmup_from": "zero", "test_time_flip": True},
     # A first run on a laptop: a tiny subset, small images, one epoch, a log line per step and
     # TensorFlow's op placement (--debug). About a minute on 2 cores; its accuracy means nothing.

@@ -96,7 +96,7 @@ def flatten(by_class: Dict[str, List[str]], names: Sequence[str]):
 def _check(tree: Tree, files: List[str], skip_bad: bool):
     """(kept indices, sizes): every file's header and end checked; files on disk in parallel
     threads (they wait on I/O), an archive's in-memory bytes in a loop (the check is pure
-    Python: 16 threads took 6x as long on 10,000 CIFAR files)."""
+    Python: threads took several times as long on CIFAR's 1-2 KB files, BENCHMARKS.md)."""
     if tree.is_folder:
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             results = list(pool.map(lambda rel: images.check_file(tree.path(rel)), files))

@@ -12,10 +12,10 @@ paying a fixed cost (the link latency on a real fabric):
   efficiency(N)  = t_compute / (t_compute + t_allreduce(N))
 
 Held against ResNet50's allreduce measured across emulated hosts (benchmarks/allreduce.py,
-BENCHMARKS.md): at 1 Gb/s the bandwidth term with TCP's wire efficiency is within 1.12-1.20x of
-Open MPI's ring at 2 and 3 hosts, and one fixed round cost, 26 ms at both host counts, accounts
-for the rest. That cost is the emulation's (2 shared cores, tc tbf queues), not a fabric's 5 us:
-`--round_seconds` takes a cost measured on yours.
+BENCHMARKS.md, "Many nodes"): at 1 Gb/s the bandwidth term with TCP's wire efficiency comes
+close to Open MPI's ring at 2 and 3 hosts, and one fixed round cost, the same at both host
+counts, accounts for the rest. That cost is the emulation's (2 shared cores, tc tbf queues), not
+a fabric's microseconds: `--round_seconds` takes a cost measured on yours.
 
 No overlap of communication with the backward pass is assumed, so this is a floor: Horovod starts
 allreducing the last layers' gradients while earlier layers still compute.

@@ -32,7 +32,7 @@ STALL_ENV = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "60",
 # (BENCHMARKS.md, "End to end: train_dist.py across 2 hosts"). Intel MPI and Gloo ignore it.
 COMM_ENV = {"OMPI_MCA_mpi_yield_when_idle": "1"}
 # Across hosts, Open MPI's own choice of allreduce algorithm (coll_tuned's fixed rules, by rank
-# count and message size) measured 2.6x slower than its ring at 3 hosts for ResNet50's fused
+# count and message size) measured much slower than its ring at 3 hosts for ResNet50's fused
 # gradients, equal at 2 (BENCHMARKS.md, "The allreduce alone"). So a multi-host plan asks for
 # the ring (algorithm 4; below one element per rank it falls back to recursive doubling).
 RING_ENV = {"OMPI_MCA_coll_tuned_use_dynamic_rules": "1",

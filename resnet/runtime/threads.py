@@ -12,8 +12,8 @@ side by side on stated topologies).
   than 1/8 of the compute); with hyper-threading the spare siblings host them for free.
 - inter-op threads = 2 for a rank of 2+ cores (1 per socket it spans if that is more), 1 for a
   one-core rank: two ops in flight overlap the backward pass's independent gradient ops.
-  Measured at 1 rank x 2 cores: 111 images/s with 2 against 94 with 1 (+17%, interleaved runs,
-  BENCHMARKS.md); larger counts could not be measured on this 2-core machine.
+  Measured faster than 1 at 1 rank x 2 cores (docs/experiments.md, interleaved runs); larger
+  counts could not be measured on a 2-core machine.
 """
 
 import dataclasses
