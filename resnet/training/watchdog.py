@@ -29,9 +29,14 @@ class Watchdog(tf.keras.callbacks.Callback):
 
     POLL_SECONDS = 1.0
 
-    def __init__(self, timeout_seconds: float, rank: int, where: Callable[[], str]):
+    def __init__(self, timeout_seconds: float, rank: int, where: Callable[[], str],
+                 clock: Callable[[], float] = time.monotonic,
+                 exit: Callable[[int], None] = os._exit, poll_seconds: float = POLL_SECONDS):
+        """`clock` and `exit` are the monotonic clock and the process's end (os._exit: the main
+        thread is stuck in a collective, so no clean exit); tests inject their own."""
         super().__init__()
         self.timeout, self.rank, self._where = timeout_seconds, rank, where
+        self._clock, self._exit, self._poll = clock, exit, poll_seconds
         # Armed by the first beat: before it, tracing the step and creating oneDNN's kernels can
         # take minutes at large image sizes, and that is no sign of a frozen rank.
         self._last: Optional[float] = None
@@ -46,7 +51,7 @@ class Watchdog(tf.keras.callbacks.Callback):
         self._stop.set()
 
     def beat(self) -> None:
-        self._last = time.monotonic()
+        self._last = self._clock()
 
     def on_train_batch_end(self, batch, logs=None):
         self.beat()
@@ -58,16 +63,20 @@ class Watchdog(tf.keras.callbacks.Callback):
         self.beat()
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.POLL_SECONDS):
-            if self._last is None:
-                continue
-            idle = time.monotonic() - self._last
-            if idle > self.timeout:
-                message = (f"rank {self.rank} on {socket.gethostname()}: no progress for "
-                           f"{idle:.0f} s (--hang_timeout="
-                           f"{self.timeout:g}; last: {self._where()}): a rank has frozen or the "
-                           "job lost its network. Exiting so the launcher ends the job; run the "
-                           "same command to resume from the last checkpoint")
-                logging.error("%s", message)
-                print(f"error: {message}", file=sys.stderr, flush=True)
-                os._exit(EXIT_HUNG)  # the main thread is stuck in a collective: no clean exit
+        while not self._stop.wait(self._poll):
+            self.check()
+
+    def check(self) -> None:
+        """End the process if armed and idle for longer than the timeout (the thread's poll)."""
+        if self._last is None:
+            return
+        idle = self._clock() - self._last
+        if idle > self.timeout:
+            message = (f"rank {self.rank} on {socket.gethostname()}: no progress for "
+                       f"{idle:.0f} s (--hang_timeout={self.timeout:g}; last: {self._where()}): "
+                       "a rank has frozen or the job lost its network. Exiting so the launcher "
+                       "ends the job; run the same command to resume from the last checkpoint")
+            logging.error("%s", message)
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            self._stop.set()
+            self._exit(EXIT_HUNG)
