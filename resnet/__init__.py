@@ -1,7 +1,7 @@
 """ResNet50 fine-tuning across Horovod ranks on CPUs (train_dist.py is the entry point).
 
 Importing the package sets TF_USE_LEGACY_KERAS=1 before TensorFlow loads, for every entry point
-(train_dist.py, resnet.predict, the benchmarks, the tests): tf.keras is then tf_keras (Keras 2).
+(train_dist.py, predict.py, export.py, the benchmarks, the tests): tf.keras is then tf_keras (Keras 2).
 From TensorFlow 2.16 tf.keras is Keras 3, which Horovod's Keras layer (DistributedOptimizer, its
 callbacks, elastic state) does not support (horovod#4290). Forced, not defaulted: under Keras 3
 the job cannot run at all.

@@ -22,8 +22,8 @@ ALLOWED = {
     "resnet.model": {"resnet.errors", "resnet.config", "resnet.runtime"},
     "resnet.training": {"resnet.errors", "resnet.fileio", "resnet.config", "resnet.runtime",
                         "resnet.data", "resnet.model"},
-    "resnet.predict": {"resnet.errors", "resnet.data", "resnet.model", "resnet.training",
-                       "resnet.runtime"},
+    "resnet.serving": {"resnet.errors", "resnet.fileio", "resnet.data", "resnet.model",
+                       "resnet.training", "resnet.runtime"},
     "resnet.launch": {"resnet.errors", "resnet.fileio", "resnet.runtime"},
 }
 

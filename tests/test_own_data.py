@@ -14,7 +14,7 @@ from conftest import ROOT, job_env
 from resnet.config import Config
 from resnet.data import tfrecords
 from resnet.errors import UsageError
-from resnet.predict import predict
+from resnet.serving.batch import predict
 from resnet.training import job
 
 # Whole trainings (in-process) and refusals through train_dist.py: the slow tier.
@@ -39,9 +39,18 @@ def test_streamed_tree_trains_evaluates_and_predicts(tmp_path, restored_process_
     assert json.loads((tmp_path / "m" / "class_names.json").read_text()) == CLASSES
     again = job.run(Config(**{**config.to_dict(), "eval_only": True}))
     assert again["confusion_matrix"] == metrics["confusion_matrix"]
-    image = str(tmp_path / "tree" / "test" / "star" / "0000.jpg")
-    (path, top), = predict(str(tmp_path / "m"), [image], top=4)
-    assert path == image and sorted(name for name, _ in top) == CLASSES
+    # Batch inference of the test folder prepares each image as the evaluation did: its top
+    # classes give the evaluation's confusion matrix, row by row.
+    out = tmp_path / "scores.jsonl"
+    stats = predict(str(tmp_path / "m"), [str(tmp_path / "tree" / "test")], str(out), top=4)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert stats["images"] == len(rows) == 8 and stats["skipped"] == 0
+    assert rows[0]["path"] == str(tmp_path / "tree" / "test" / "circle" / "0000.jpg")
+    assert all(sorted(r["classes"]) == CLASSES for r in rows)
+    confusion = [[0] * 4 for _ in CLASSES]
+    for r in rows:
+        confusion[CLASSES.index(r["path"].split(os.sep)[-2])][CLASSES.index(r["classes"][0])] += 1
+    assert confusion == metrics["confusion_matrix"]
 
 
 def test_tfrecords_train_and_eval_only(tmp_path, restored_process_state):

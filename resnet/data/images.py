@@ -126,6 +126,27 @@ def train_crop(image, size: int, seed):
     return tf.image.stateless_random_flip_left_right(crop, seed=seed + 1)
 
 
+def test_image(image, size: int, small: int):
+    """A decoded test image as the pipeline hands it to a model that takes `size` x `size`
+    (float32 0..255): images of at most `small` pixels a side are resized whole (a streamed
+    tree of small images), larger ones centre-cropped (centre_crop)."""
+    import tensorflow as tf
+    is_small = tf.reduce_max(tf.shape(image)[:2]) <= small
+    return tf.cond(is_small, lambda: tf.image.resize(tf.cast(image, tf.float32), (size, size)),
+                   lambda: centre_crop(image, size))
+
+
+def serving_image(image, size: int, model_resizes: bool, small: int):
+    """Any decoded image as a trained model of input `size` takes it, the one rule for the
+    exported SavedModel and batch inference. A model that resizes its input itself (trained on
+    small images held in memory: CIFAR) gets the whole image resized to its input (a CIFAR test
+    image goes in unchanged); any other gets the test pipeline's preparation (test_image)."""
+    import tensorflow as tf
+    if model_resizes:
+        return tf.image.resize(tf.cast(image, tf.float32), (size, size), antialias=True)
+    return test_image(image, size, small)
+
+
 def centre_crop(image, size: int):
     """Resize the short side to size / CENTRE_FRACTION, keep the centre size x size."""
     import tensorflow as tf

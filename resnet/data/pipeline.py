@@ -41,9 +41,7 @@ def _train_image(image, seed, size: int):
 
 
 def _test_image(image, size: int):
-    small = tf.reduce_max(tf.shape(image)[:2]) <= SMALL_IMAGE
-    return tf.cond(small, lambda: tf.image.resize(tf.cast(image, tf.float32), (size, size)),
-                   lambda: images.centre_crop(image, size))
+    return images.test_image(image, size, SMALL_IMAGE)
 
 
 def _read_record(path, offset, length):
@@ -58,13 +56,16 @@ def _encoded(split: StreamSplit, idx: np.ndarray) -> tf.data.Dataset:
         return ds.map(tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = tf.data.Dataset.from_tensor_slices((_utf8(split.paths[idx]), split.offsets[idx],
                                              split.lengths[idx]))
+    return ds.map(record_image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-    def read(path, offset, length):
-        record = tf.py_function(_read_record, [path, offset, length], tf.string)
-        record.set_shape([])
-        return tf.io.parse_single_example(
-            record, {ENCODED: tf.io.FixedLenFeature([], tf.string)})[ENCODED]
-    return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+def record_image(path, offset, length):
+    """The encoded image of the tf.train.Example at `offset` (`length` bytes) of a TFRecord
+    file, read by position (a graph op, for tf.data)."""
+    record = tf.py_function(_read_record, [path, offset, length], tf.string)
+    record.set_shape([])
+    return tf.io.parse_single_example(
+        record, {ENCODED: tf.io.FixedLenFeature([], tf.string)})[ENCODED]
 
 
 def _utf8(paths: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ _TEST = re.compile(r"^(validation|val|test)[-_.]")
 _HEADER = 12  # uint64 length, uint32 masked CRC of the length; then data, uint32 masked CRC
 
 
-def _is_record_file(base: str) -> bool:
+def is_record_file(base: str) -> bool:
     return bool(re.search(r"-\d+-of-\d+$", base) or "tfrecord" in base.lower())
 
 
@@ -46,14 +46,14 @@ def detect(names: List[str]) -> Optional[str]:
     """The prefix of the folder holding train-* record files, or None."""
     for rel in names:
         head, _, base = rel.rpartition("/")
-        if _TRAIN.match(base) and _is_record_file(base):
+        if _TRAIN.match(base) and is_record_file(base):
             return head + "/" if head else ""
     return None
 
 
 def _files(folder: str, pattern) -> List[str]:
     return sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                  if pattern.match(n) and _is_record_file(n))
+                  if pattern.match(n) and is_record_file(n))
 
 
 def _class_names(folder: str) -> Optional[Tuple[str, ...]]:
