@@ -5,14 +5,13 @@ The other ranks wait in the next allreduce; only Horovod's stall check can end t
 """
 
 import os
-import runpy
 import sys
 import time
 
 import resnet  # noqa: F401  (first, as train_dist.py: the job's environment before TF loads)
 import tensorflow as tf
 
-from resnet.training import callbacks as cb
+import wrapped_job
 
 STALL_AT = 2  # 0-based batch index within epoch 1
 
@@ -25,11 +24,4 @@ class StallForever(tf.keras.callbacks.Callback):
                 time.sleep(60)
 
 
-if os.environ.get("OMPI_COMM_WORLD_RANK") == "1":
-    fit_callbacks = cb.fit_callbacks
-    cb.fit_callbacks = lambda *a, **k: fit_callbacks(*a, **k) + [StallForever()]
-
-train_dist = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "train_dist.py")
-sys.argv[0] = train_dist
-runpy.run_path(train_dist, run_name="__main__")
+wrapped_job.run(StallForever() if os.environ.get("OMPI_COMM_WORLD_RANK") == "1" else None)
