@@ -131,7 +131,7 @@ def test_batch_inference_from_keras_and_savedmodel_on_one_and_two_ranks(trained,
     assert confusion == evaluated["confusion_matrix"]
 
 
-def test_jsonl_to_stdout_and_bad_images_refused_or_skipped(trained, tmp_path):
+def test_csv_to_stdout_and_bad_images_refused_or_skipped(trained, tmp_path):
     model_dir, _ = trained
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
