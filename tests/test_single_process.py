@@ -58,9 +58,10 @@ def test_debug_mode_end_to_end_then_predict(tmp_path, image_tar, splits):
     out = subprocess.run([sys.executable, "predict.py", f"--model_dir={model_dir}",
                           "--top=2", str(tmp_path / "a.png"), str(tmp_path / "b.jpg")], cwd=ROOT,
                          env=job_env(), capture_output=True, text=True, timeout=300, check=True)
-    lines = out.stdout.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith(str(tmp_path / "a.png") + ": ")
-    assert lines[1].count(",") == 1  # two classes with probabilities
+    rows = [line.split(",") for line in out.stdout.strip().splitlines()]  # CSV on stdout
+    assert rows[0] == ["path", "class_1", "probability_1", "class_2", "probability_2"]
+    assert [r[0] for r in rows[1:]] == [str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
+    assert all(len(r) == 5 and float(r[2]) >= float(r[4]) for r in rows[1:])
 
 
 def test_predict_refusals(tmp_path):

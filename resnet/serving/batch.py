@@ -175,10 +175,11 @@ def predict(model_dir: str, paths: Sequence[str], out: Optional[str] = None, top
             batch_size: int = 64, skip_bad: bool = False, world=None) -> dict:
     """The whole command: open the model and the output, score, close the output (renamed into
     place only when every row is in it)."""
-    from resnet.serving.scorer import open_scorer
+    from resnet.serving.scorer import find, open_scorer
     world = world or world_lib.World(0, 1, 0, 1, "", 0, 0)
     if top < 1 or batch_size < 1:
         raise UsageError(f"--top={top} --batch_size={batch_size}: both must be at least 1")
+    find(model_dir)  # a model_dir with no model is refused before anything else
     # Rank 0 alone writes; the others score into nothing. Its refusal of the output path stops
     # every rank (chief_decides), before anything is scored.
     output, refused = _Discard(top), None

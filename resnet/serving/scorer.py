@@ -81,11 +81,18 @@ class KerasScorer(Scorer):
         return self._predict(batch).numpy()
 
 
-def open_scorer(model_dir: str) -> Scorer:
+def find(model_dir: str) -> Optional[str]:
+    """The SavedModel --model_dir names, or None for a training run's folder whose model.keras
+    and class names are there (checked without loading anything: refusals come first)."""
     if not os.path.isdir(model_dir):
         raise UsageError(f"--model_dir={model_dir}: no such folder; give a training run's "
                          "--model_dir or an export.py SavedModel")
     saved = saved_model_version(model_dir)
-    if saved:
-        return SavedModelScorer(saved)
-    return KerasScorer(trained_lib.load(model_dir))
+    if saved is None:
+        trained_lib.check(model_dir)
+    return saved
+
+
+def open_scorer(model_dir: str) -> Scorer:
+    saved = find(model_dir)
+    return SavedModelScorer(saved) if saved else KerasScorer(trained_lib.load(model_dir))

@@ -55,13 +55,18 @@ def class_names(model_dir: str) -> List[str]:
     return names
 
 
-def load(model_dir: str) -> Trained:
-    import tensorflow as tf
-    path = os.path.join(model_dir, MODEL_FILE)
-    if not os.path.isfile(path):
+def check(model_dir: str) -> List[str]:
+    """The class names of a finished run whose model file is there, without loading it."""
+    if not os.path.isfile(os.path.join(model_dir, MODEL_FILE)):
         raise UsageError(f"--model_dir={model_dir}: no {MODEL_FILE}; train first (the model is "
                          "saved when training finishes)")
-    names = class_names(model_dir)
+    return class_names(model_dir)
+
+
+def load(model_dir: str) -> Trained:
+    import tensorflow as tf
+    names = check(model_dir)
+    path = os.path.join(model_dir, MODEL_FILE)
     try:
         model = tf.keras.models.load_model(path, compile=False)
     except (OSError, ValueError) as e:
