@@ -221,3 +221,22 @@ def test_streamed_jpegs_decode_to_exactly_the_pixels_held_in_memory(tmp_path):
     a, b = [next(iter(pipeline.eval_dataset(d.test, shard, 4, 2, image_size=80)))[0].numpy()
             for d in (held, streamed)]
     np.testing.assert_array_equal(a, b)
+
+
+def test_an_archive_that_lists_no_folders_keeps_its_test_split(tmp_path):
+    """Tar writers that add files only (tar of a file list, tarfile.addfile) record no folder
+    entries: test/ is known from its files alone, and must still be the test split, not a
+    10% held out of train/."""
+    import io
+    import tarfile
+    cifar_files.write_tree(str(tmp_path / "tree"), ["a", "b"], 5, test_per_class=3)
+    archive = tmp_path / "files-only.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted((tmp_path / "tree").rglob("*.png")):
+            data = path.read_bytes()
+            info = tarfile.TarInfo(str(path.relative_to(tmp_path / "tree")))
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert not any(m.isdir() for m in tarfile.open(archive))
+    data = source.open_data(str(archive), Config(data_dir=str(archive), weights="none"))
+    assert (len(data.train), len(data.test)) == (10, 6) and data.why.endswith("test: test")

@@ -21,8 +21,10 @@ class Tree:
         self.source = source
         self._names = sorted(names)
         self._data = data  # an archive's files, read as it was opened; None for a folder
-        # Every folder, empty ones included (an empty class folder is a mistake to report).
-        self.dirs = set(dirs) | {n.rsplit("/", 1)[0] for n in self._names if "/" in n}
+        # Every folder, empty ones included (an empty class folder is a mistake to report), and
+        # every ancestor of a file: an archive need not list its folders (tar's file lists,
+        # Python's tarfile.addfile), and a test/ known only from its files is still test/.
+        self.dirs = set(dirs) | {n[:i] for n in self._names for i, c in enumerate(n) if c == "/"}
 
     @property
     def is_folder(self) -> bool:
