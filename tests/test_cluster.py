@@ -171,7 +171,7 @@ def test_an_unreachable_host_at_start_is_a_clear_error_not_a_hang(cluster):
         cluster.heal("node3")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "host node3: " in proc.stderr and "ssh" in proc.stderr, proc.stderr
-    assert took < 60, took
+    assert took < 60, took  # the thing tested: ssh's 15 s limit, not a hang
 
 
 def test_a_link_cut_mid_epoch_ends_the_job_and_the_same_command_resumes(cluster, tmp_path,

@@ -100,7 +100,10 @@ def test_a_dead_rank_ends_the_job_instead_of_hanging(tmp_path, image_tar):
     t = time.time()
     rest, rc = _finish(proc)
     assert rc != 0
-    assert time.time() - t < 120  # bounded: mpirun notices the death and ends the others
+    # The bound is the thing tested (no hang). On the AVX2 EPYC, the slowest CPU seen, the
+    # whole test (start-up and 2 steps included) took 116 s in a loaded CI run (2026-12-01);
+    # the interval bounded here, from the kill to the end, is a fraction of that.
+    assert time.time() - t < 120
     assert "rank 1" in rest, rest[-3000:]
     assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
 
@@ -148,6 +151,8 @@ def test_a_frozen_rank_ends_the_job_through_the_watchdog(tmp_path, image_tar):
                 pass
     rest, rc = _finish(proc, kill_victims)
     assert rc != 0
+    # The bounds are the thing tested: not before --hang_timeout, and then promptly (the whole
+    # test took 94 s on the AVX2 EPYC in a loaded CI run, start-up included).
     assert 20 <= time.time() - t < 120
     assert re.search(r"rank 0 on \S+: no progress for", rest) and "--hang_timeout=20" in rest, \
         rest[-3000:]
@@ -173,6 +178,8 @@ def test_a_rank_that_stops_submitting_tensors_ends_the_job_through_horovods_stal
     rest, rc = _finish(proc)
     out = seen + rest
     assert rc != 0, out[-3000:]
+    # Not before the 10 s shutdown time, then promptly (the whole test: 102 s on the AVX2 EPYC
+    # in a loaded CI run, start-up included): the bounds are the thing tested.
     assert 10 <= time.time() - t < 120, out[-3000:]
     assert "Missing ranks" in out and "1!: [" in out, out[-3000:]  # Horovod named rank 1
     assert "Horovod shut the job down" in out and "run the same command to resume" in out
