@@ -213,7 +213,7 @@ def _table(rows) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="32,96,224")
+    p.add_argument("--sizes", default="32,96,224", help="input sizes (empty: none)")
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--cifar", type=int, default=10000, help="CIFAR-10 test JPEGs (0: skip)")
     p.add_argument("--quick", action="store_true", help="few repeats: a check, not a figure")
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
                                                                time.gmtime()),
               "ceiling": {pr: ceiling(pr) for pr in precisions}, "models": []}
     with tempfile.TemporaryDirectory() as work:
-        for size in (int(s) for s in a.sizes.split(",")):
+        for size in (int(s) for s in a.sizes.split(",") if s):
             for precision in precisions:
                 result["models"] += model_rows(size, precision, work, intra, result["ceiling"],
                                                a.quick)
