@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -189,22 +190,22 @@ def test_a_link_cut_mid_epoch_ends_the_job_and_the_same_command_resumes(cluster,
                 break
         cluster.cut("node2")
         cut_at = time.time()
-        try:  # the link comes back once the watchdog has seen the job stuck: an event, no timer
-            for line in proc.stdout:
-                seen.append(line)
-                if "no progress for" in line:
-                    break
+        # The link is back after 30 s. (Healing it on the watchdog's line instead, an event,
+        # failed once in a loaded CI run, 2026-12-01; until that is understood, the timer stays.)
+        healer = threading.Timer(30, cluster.heal, ["node2"])
+        healer.start()
+        try:
+            rest = proc.communicate(timeout=240)[0]
+            ended = time.time() - cut_at
         finally:
-            cluster.heal("node2")
-        rest = proc.communicate(timeout=240)[0]
-        ended = time.time() - cut_at
+            healer.join()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
     log = "".join(seen) + rest
     assert proc.returncode != 0, log[-3000:]
-    assert ended < 150, ended  # the thing tested: the watchdog's 20 s, then mpirun's clean-up
+    assert ended < 150, ended  # the thing tested: the watchdog's 20 s, the link's 30 s, clean-up
     # Who was lost: the watchdog names the rank and its host, Open MPI the host it lost.
     assert re.search(r"rank \d on node\d: no progress for", log), log[-3000:]
     names = checkpoints.all_names(str(model_dir))
