@@ -32,6 +32,7 @@ from resnet.serving import inputs as inputs_lib
 from resnet.serving.scorer import Scorer
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+ALONE = world_lib.World(0, 1, 0, 1, "", 0, 0)  # no launcher: a world of one, Horovod not started
 
 
 class Output:
@@ -125,7 +126,7 @@ def run(scorer: Scorer, inputs: inputs_lib.Inputs, skipped: set, output: Output,
     """Score `inputs` but the `skipped` positions into `output` (rank 0's); returns the
     counts and the speed."""
     import tensorflow as tf
-    world = world or world_lib.World(0, 1, 0, 1, "", 0, 0)
+    world = world or ALONE
     if output.top > len(scorer.class_names):
         raise UsageError(f"--top={output.top}: the model knows {len(scorer.class_names)} "
                          "classes")
@@ -176,7 +177,7 @@ def predict(model_dir: str, paths: Sequence[str], out: Optional[str] = None, top
     """The whole command: open the model and the output, score, close the output (renamed into
     place only when every row is in it)."""
     from resnet.serving.scorer import find, open_scorer
-    world = world or world_lib.World(0, 1, 0, 1, "", 0, 0)
+    world = world or ALONE
     if top < 1 or batch_size < 1:
         raise UsageError(f"--top={top} --batch_size={batch_size}: both must be at least 1")
     find(model_dir)  # a model_dir with no model is refused before anything else
