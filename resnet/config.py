@@ -19,6 +19,8 @@ LOADINGS = ("auto", "memory", "stream")
 BATCHNORM = ("frozen", "train")
 COMPRESSION = ("none", "fp16")
 WARMUP_FROM = ("base", "zero")
+# How trained convolutions compute while training (resnet/training/conv_forms.py).
+CONV_FORMS = ("auto", "conv", "matmul")
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")  # ResNet50's stages, input to output
 MIN_IMAGE_SIZE = 32  # ResNet50 downsamples 32x: smaller inputs leave nothing to pool
 MAX_IMAGE_SIZE = 512  # above it a CPU step takes minutes
@@ -70,6 +72,10 @@ class Config:
     # The first backbone stage that trains; the ones before it keep their ImageNet weights and,
     # as nothing before them trains, TensorFlow leaves their backward pass out altogether.
     train_from: str = "conv4"
+    # auto: each trained convolution as oneDNN's convolution or as a matmul, whichever this
+    # machine ran faster (timed once per machine); conv: always convolutions; matmul: always.
+    # conv until a full run shows auto's accuracy (BENCHMARKS.md, "Convolution forms").
+    conv_forms: str = "conv"
     bn_momentum: float = 0.9  # with batchnorm='train': how fast the moving statistics follow
     label_smoothing: float = 0.0
     gradient_compression: str = "none"  # 'fp16': allreduce half the bytes (Horovod Compression)
@@ -194,7 +200,8 @@ def _check_choices(c: Config) -> None:
         raise UsageError(f"--bn_momentum={c.bn_momentum}: must be in [0, 1)")
     for name, value, choices in (("dataset", c.dataset, DATASETS),
                                  ("label_mode", c.label_mode, LABEL_MODES),
-                                 ("data_loading", c.data_loading, LOADINGS)):
+                                 ("data_loading", c.data_loading, LOADINGS),
+                                 ("conv_forms", c.conv_forms, CONV_FORMS)):
         if value not in choices:
             raise UsageError(f"--{name}={value}: use one of {', '.join(choices)}")
     if not 0 <= c.validation_fraction < 1:

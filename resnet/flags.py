@@ -10,8 +10,8 @@ import dataclasses
 from absl import flags
 
 from resnet import presets
-from resnet.config import (BATCHNORM, COMPRESSION, DATASETS, LABEL_MODES, LOADINGS, PRECISIONS,
-                           STAGES, WARMUP_FROM, Config)
+from resnet.config import (BATCHNORM, COMPRESSION, CONV_FORMS, DATASETS, LABEL_MODES, LOADINGS,
+                           PRECISIONS, STAGES, WARMUP_FROM, Config)
 
 _D = Config()  # defaults
 
@@ -86,6 +86,12 @@ def define(flag_values=flags.FLAGS) -> None:
                   "(ImageNet statistics); train: batch statistics, tracked with --bn_momentum.")
     f.DEFINE_enum("train_from", _D.train_from, STAGES, "The first ResNet50 stage that trains; "
                   "earlier ones stay as on ImageNet and skip their backward pass (faster).")
+    f.DEFINE_enum("conv_forms", _D.conv_forms, CONV_FORMS, "How the trained convolutions "
+                  "compute while training: auto: as oneDNN's convolution or as the same maths "
+                  "in one matmul, whichever this machine ran faster for that layer's shape "
+                  "(timed once, cached in ~/.cache/resnet-horovod); conv or matmul: always. "
+                  "Weights, checkpoints and saved models are the same either way; the step's "
+                  "speed-up per CPU: BENCHMARKS.md.")
     f.DEFINE_float("bn_momentum", _D.bn_momentum, "Moving-average momentum with "
                    "--batchnorm=train.")
     f.DEFINE_float("label_smoothing", _D.label_smoothing, "Label smoothing for the training "

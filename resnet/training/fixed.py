@@ -16,7 +16,7 @@ from resnet.data import pipeline, sharding
 from resnet.errors import Preempted
 from resnet.runtime import world as world_lib
 from resnet.training import callbacks as cb
-from resnet.training import checkpoints, epoch as epoch_lib
+from resnet.training import checkpoints, conv_forms, epoch as epoch_lib
 from resnet.training.optimizer import broadcast, compile_model, trackables
 from resnet.training.schedule import Schedule, learning_rate
 from resnet.training.watchdog import Watchdog
@@ -43,7 +43,7 @@ class Trainer:
     """One rank's fixed-size run over `model`'s weights; views at other image sizes share them."""
 
     def __init__(self, config: Config, world: world_lib.World, schedule: Schedule, model, train,
-                 test, class_names):
+                 test, class_names, observers=()):
         self.config, self.world, self.schedule = config, world, schedule
         self.train, self.test, self.class_names = train, test, class_names
         self.views = {config.image_size: model}  # progressive resizing: one view per size
@@ -55,6 +55,8 @@ class Trainer:
         self.model = model
         self.optimizer = None
         self.phase = ""
+        self.observers = list(observers)  # callbacks of every fit on every rank (job.run)
+        self.forms = {}  # (phase, image size) -> the layers trained as matmuls (conv_forms.py)
 
     def _where(self) -> str:
         return f"epoch {self.progress.epoch + 1}, step {self.progress.step}"
@@ -107,7 +109,8 @@ class Trainer:
             self.config.log_every_steps, self.schedule.steps_per_epoch, self.config.epochs,
             self.schedule.global_batch_size, lambda: self.progress.epoch, lambda: self.progress.step)
         self.callbacks = cb.fit_callbacks(
-            self.world, lambda: self.progress.epoch, every_rank=[self.stop, self.watchdog],
+            self.world, lambda: self.progress.epoch,
+            every_rank=[self.stop, self.watchdog, *self.observers],
             chief=[self.throughput, progress_log, cb.tensorboard(self.config.model_dir)]
             + ([step_ckpt] if step_ckpt else []))
 
@@ -123,14 +126,26 @@ class Trainer:
         ds = pipeline.train_dataset(self.train, shard, self.config.batch_size, self.config.seed,
                                     epoch, len(self.class_names), skip_steps=self.progress.step,
                                     image_size=self.config.image_size)
-        fit = self.model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
-                             steps_per_epoch=self.schedule.steps_per_epoch - self.progress.step,
-                             callbacks=self.callbacks)
+        steps_left = self.schedule.steps_per_epoch - self.progress.step
+        # The training step is traced inside: its convolutions take the chosen forms.
+        with conv_forms.training(model_lib.backbone(self.model), self.conv_forms(epoch)):
+            fit = self.model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+                                 steps_per_epoch=steps_left, callbacks=self.callbacks)
         if self.stop.stopped and self.progress.step + self.stop.steps_done < self.schedule.steps_per_epoch:
             self.progress.step += self.stop.steps_done
             self.save(self.progress.step)  # mid-epoch: the resumed run skips the steps done
             self._stop_after_checkpoint(f"at epoch {epoch + 1}, step {self.progress.step}")
         return {k: float(v[-1]) for k, v in fit.history.items()}
+
+    def conv_forms(self, epoch: int) -> dict:
+        """This phase's forms at epoch `epoch`'s image size, chosen by rank 0 for every rank
+        (timings differ between ranks; the numerics must not)."""
+        key = (self.phase, self.config.image_size_at(epoch))
+        if key not in self.forms:
+            layers = conv_forms.trained_layers(model_lib.backbone(self.model))
+            self.forms[key] = world_lib.chief_decides(self.world, lambda: conv_forms.choose(
+                self.model, layers, self.config.batch_size, self.config.conv_forms))
+        return self.forms[key]
 
     def end_epoch(self, epoch: int, train_logs: dict) -> None:
         self.test_metrics = epoch_lib.finish(

@@ -8,6 +8,7 @@ resume from -> train or evaluate -> rank 0 saves the model and writes the metric
 """
 
 import time
+from typing import Sequence
 
 import tensorflow as tf
 from absl import logging
@@ -21,8 +22,10 @@ from resnet.training import checkpoints, elastic, epoch, eval_only, fixed, resul
 from resnet.training.schedule import Schedule
 
 
-def run(config: Config) -> dict:
-    """Train (or with --eval_only, evaluate) and return the metrics; rank 0 writes them."""
+def run(config: Config, observers: Sequence = ()) -> dict:
+    """Train (or with --eval_only, evaluate) and return the metrics; rank 0 writes them.
+    `observers`: Keras callbacks every rank adds to each fit of fixed-size training (the step
+    profile of benchmarks/profile.py)."""
     requested, config = config, config.effective()
     # Horovod's start-up is no collective, so elastic mode may start here too.
     world = world_lib.start(config.intra_op_threads, config.inter_op_threads)
@@ -42,7 +45,7 @@ def run(config: Config) -> dict:
                                                      requested.precision)
         return results.finish(config, world, None, test_metrics, history, extra,
                               data.class_names)
-    return _train(config, world, data, resume)
+    return _train(config, world, data, resume, observers)
 
 
 def _resumable(config: Config, num_classes: int):
@@ -62,7 +65,7 @@ def _announce(requested: Config, config: Config) -> None:
                      else "no AMX or AVX512-BF16 on this CPU")
 
 
-def _train(config: Config, world, data, resume) -> dict:
+def _train(config: Config, world, data, resume, observers=()) -> dict:
     model_lib.set_precision(config.precision, warn=world.is_chief)
     train, test, class_names = data.train, data.test, data.class_names
     schedule = Schedule(config, world.size, len(train))
@@ -74,7 +77,8 @@ def _train(config: Config, world, data, resume) -> dict:
                  bool(config.start_image_size) + str(config.image_size))
     model = model_lib.from_config(config.to_dict(), len(class_names), data.input_size)
     started = time.time()
-    trainer = fixed.Trainer(config, world, schedule, model, train, test, class_names).run(resume)
+    trainer = fixed.Trainer(config, world, schedule, model, train, test, class_names,
+                            observers).run(resume)
     test_metrics = trainer.test_metrics
     if test_metrics is None:  # already trained to --epochs: evaluate what the checkpoint holds
         test_metrics = epoch.evaluate_test(model, test, world, config, class_names)

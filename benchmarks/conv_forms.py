@@ -1,0 +1,119 @@
+"""What --conv_forms buys: the job's training step with its trained convolutions as oneDNN's
+convolutions (conv), as --conv_forms=auto chooses them on this machine (auto), and all as matmuls
+(matmul), and each layer shape's timing behind auto's choice.
+
+  .venv/bin/python -m benchmarks.conv_forms                      # the defaults' recipe, 96 px
+  .venv/bin/python -m benchmarks.conv_forms --image_size=128 --batch_size=32
+  .venv/bin/python -m benchmarks.conv_forms --train_from=conv1 --image_size=224 --batch_size=16
+
+One process builds the job's model (resnet.model, set_trainable and compile as train_dist.py does,
+oneDNN on, the rank's threads as train_dist.py sets them, --weights=none: the same compute) and
+traces Keras's own training step once per setting, then runs one step of each in turn, --steps
+times: the settings alternate step by step, so a slow spell of this shared machine hits them
+alike. Prints images/s, median (min-max) over the steps, each against conv, and the per-shape
+timings (forward + all gradients) that auto chose by; writes bench_out/conv_forms.json.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import resnet  # noqa: F401  (first: the job's environment before TensorFlow loads)
+import tensorflow as tf
+
+from benchmarks.common import ROOT, use_job_threads
+from benchmarks.harness import machine
+from resnet import model as model_lib
+from resnet.config import Config
+from resnet.training import conv_forms
+from resnet.training.optimizer import compile_model
+
+SETTINGS = ("conv", "auto", "matmul")
+
+
+def _train_steps(model, batch: int, config: Config) -> dict:
+    """setting -> (Keras train function traced in that setting, its forms)."""
+    compile_model(model, config, 0.001, "full", distributed=False)
+    backbone = model_lib.backbone(model)
+    layers = conv_forms.trained_layers(backbone)
+    side = model.input_shape[1]
+    images = tf.random.stateless_uniform([batch, side, side, 3], [0, 1], maxval=255)
+    labels = tf.one_hot(tf.range(batch) % 10, 10)
+    data = iter(tf.data.Dataset.from_tensors((images, labels, tf.ones([batch]))).repeat())
+    steps = {}
+    for setting in SETTINGS:
+        forms = conv_forms.choose(model, layers, batch, setting)
+        with conv_forms.training(backbone, forms):
+            fn = model.make_train_function(force=True)
+            fn(data)  # traced here, inside the setting
+        steps[setting] = (fn, forms)
+    return steps, data, len(layers)
+
+
+def main():
+    p = argparse.ArgumentParser(prog="python -m benchmarks.conv_forms",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--image_size", type=int, default=96)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--train_from", default="conv4")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
+    a = p.parse_args()
+    intra, inter = use_job_threads()
+    model_lib.set_precision(a.precision)
+    config = Config(train_from=a.train_from, image_size=a.image_size, weights="none")
+    model = model_lib.build(10, a.image_size, "none", 0)
+    steps, data, trained = _train_steps(model, a.batch_size, config)
+    seconds = {setting: [] for setting in SETTINGS}
+    for _ in range(2):  # warm: every setting's first steps after tracing
+        for fn, _ in steps.values():
+            fn(data)
+    for _ in range(a.steps):
+        for setting, (fn, _) in steps.items():
+            start = time.perf_counter()
+            logs = fn(data)
+            float(logs["loss"])  # the step is done once its loss is read
+            seconds[setting].append(time.perf_counter() - start)
+    rates = {s: [a.batch_size / t for t in v] for s, v in seconds.items()}
+    key = conv_forms.machine_key(tf.keras.mixed_precision.global_policy().compute_dtype)
+    cache = _cached_timings().get(key, {})
+    m = machine()
+    result = {"machine": m, "args": vars(a), "threads": [intra, inter], "cache_key": key,
+              "images_per_second": rates, "forms": {s: len(f) for s, (_, f) in steps.items()},
+              "trained_convolutions": trained, "shapes": cache}
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "conv_forms.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"{m['cpu']} ({' '.join(m['flags'])}), {m['date']}; {a.image_size} px, batch "
+          f"{a.batch_size}, --train_from={a.train_from}, {a.precision}, threads {intra}x{inter}; "
+          f"{a.steps} alternated steps per setting\n")
+    print("| --conv_forms | trained convolutions as matmuls | images/s, median (min-max) | "
+          "vs conv |\n| --- | --- | --- | --- |")
+    base = statistics.median(rates["conv"])
+    for s in SETTINGS:
+        med = statistics.median(rates[s])
+        print(f"| {s} | {result['forms'][s]} of {trained} | {med:.1f} ({min(rates[s]):.1f}-"
+              f"{max(rates[s]):.1f}) | {med / base:.2f} |")
+    print(f"\nauto's timings (ms, median of {conv_forms.ROUNDS}, forward + all gradients), "
+          f"cache key *{key}*:\n")
+    print("| convolution | conv | matmul | conv / matmul | auto |\n| --- | --- | --- | --- | --- |")
+    for shape, t in sorted(cache.items()):
+        if shape.endswith(f"batch {a.batch_size}"):
+            wins = t["matmul"] < t["conv"] * (1 - conv_forms.MARGIN)
+            print(f"| {shape} | {t['conv'] * 1e3:.1f} | {t['matmul'] * 1e3:.1f} | "
+                  f"{t['conv'] / t['matmul']:.2f} | {'matmul' if wins else 'conv'} |")
+
+
+def _cached_timings() -> dict:
+    try:
+        with open(conv_forms.cache_path()) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+if __name__ == "__main__":
+    main()
