@@ -8,7 +8,9 @@ In ONE run, on the same machine and synthetic data (so the disk is out of the pi
      same model, batch and precision;
   2. float32 against bf16 (Keras mixed_bfloat16) at 32, 64 and 128 pixels;
   3. 1 rank x all cores against all ranks x 1 core each (through the launch plan);
-  4. the input pipeline alone, per rank: real JPEGs decoded from disk, then tf.data augmentation.
+  4. the input pipeline alone, per rank: real JPEGs decoded from disk, then tf.data augmentation;
+  5. this machine's ceiling (benchmarks.ceiling: TensorFlow's best matmul and 3x3 convolution
+     rates per precision), against which each fp32/bf16 figure shows its `% of ceiling`.
 Each training figure is the median (with min and max) of windows of WINDOW steps after WARMUP
 steps. Every measurement runs in its own process, one after another, never two at once. Raw
 figures go to bench_out/bench.json, and the section between the markers in BENCHMARKS.md is
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import time
 
+from benchmarks.ceiling import TRAIN_FLOPS_PER_FORWARD
 from benchmarks.common import ROOT, shown, train_dist_args
 from resnet.runtime import topology
 from resnet.runtime.env import onednn_by_default
@@ -184,6 +187,10 @@ def run(quick: bool, data_path: str, out_dir: str) -> dict:
     result["scaling"] = {"1x2": result["train"]["32px_fp32"], "2x1": two_by_one}
     log("bench: input pipeline")
     result["pipeline"] = input_pipeline(data_path, SIZES[32], 2)
+    log("bench: ceiling")
+    result["ceiling"] = json.loads(_run(
+        [sys.executable, "-m", "benchmarks.ceiling",
+         f"--sizes={','.join(str(s) for s in sizes)}"], _env()).strip().splitlines()[-1])
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "bench.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -198,6 +205,14 @@ def _fmt(s):
 
 def _ratio(a, b):
     return f"{a['median'] / b['median']:.2f}" if "median" in a and "median" in b else "-"
+
+
+def _pct_of_ceiling(r: dict, size: int, precision: str, figure: dict) -> str:
+    c = r.get("ceiling")
+    if not c or "median" not in figure or str(size) not in c["forward_flops"]:
+        return "-"
+    flops = TRAIN_FLOPS_PER_FORWARD * c["forward_flops"][str(size)]
+    return f"{100 * figure['median'] * flops / 1e9 / c['ceiling'][precision]['conv_gflops']:.0f}%"
 
 
 def _onednn_note(flags) -> str:
@@ -232,11 +247,20 @@ def markdown(r: dict) -> str:
                      f"{_fmt(base)} | {_fmt(onednn)} | {_fmt(ours)} | {_ratio(ours, base)} | "
                      f"{_ratio(ours, onednn)} |")
     lines += ["", "### float32 against bf16 (mixed_bfloat16), train_dist.py 1 rank", "",
-              "| image size | batch | fp32 | bf16 | bf16 / fp32 |", "| --- | --- | --- | --- | --- |"]
+              "| image size | batch | fp32 | bf16 | bf16 / fp32 | % of ceiling, fp32 / bf16 |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for size in sorted({int(k.split("px")[0]) for k in r["train"]}):
         f32, b16 = r["train"][f"{size}px_fp32"], r["train"][f"{size}px_bf16"]
         lines.append(f"| {size} | {SIZES[size]} | {_fmt(f32)} | {_fmt(b16)} | "
-                     f"{_ratio(b16, f32)} |")
+                     f"{_ratio(b16, f32)} | {_pct_of_ceiling(r, size, 'fp32', f32)} / "
+                     f"{_pct_of_ceiling(r, size, 'bf16', b16)} |")
+    if "ceiling" in r:
+        c = r["ceiling"]["ceiling"]
+        lines += ["", "This machine's ceiling (`python -m benchmarks.ceiling`, GFLOP/s): "
+                  + "; ".join(f"{pr}: matmul 2048^2 {v['matmul_gflops']:.0f}, 3x3 conv "
+                              f"{v['conv_gflops']:.0f}" for pr, v in c.items())
+                  + ". `% of ceiling`: images/s x 3 x the forward FLOPs per image (forward, "
+                  "input and weight gradients; every stage trains here) over the conv rate."]
     s = r["scaling"]
     lines += ["", "### 1 rank x 2 cores against 2 ranks x 1 core (32px fp32, batch 64 per rank)",
               "", "| layout | images/s (all ranks) |", "| --- | --- |",

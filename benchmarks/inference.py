@@ -32,46 +32,13 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from benchmarks.ceiling import ceiling, forward_flops
 from benchmarks.common import ROOT, use_job_threads
 from resnet import model as model_lib
 from resnet.runtime import topology
 
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar-10-images.tar.gz")
 CLASSES = [f"c{i}" for i in range(10)]
-
-
-def _rate(fn, flops: float, repeats: int) -> float:
-    fn()  # warm: kernel creation
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return flops * repeats / (time.perf_counter() - start) / 1e9
-
-
-def ceiling(precision: str, repeats: int = 10) -> dict:
-    dtype = tf.bfloat16 if precision == "bf16" else tf.float32
-    a = tf.random.normal((2048, 2048), dtype=tf.float32)
-    a = tf.cast(a, dtype)
-    x = tf.cast(tf.random.normal((32, 28, 28, 128)), dtype)
-    k = tf.cast(tf.random.normal((3, 3, 128, 128)), dtype)
-    matmul = tf.function(lambda: tf.linalg.matmul(a, a))
-    conv = tf.function(lambda: tf.nn.conv2d(x, k, 1, "SAME"))
-    return {"matmul_gflops": _rate(lambda: matmul().numpy(), 2 * 2048 ** 3, repeats),
-            "conv_gflops": _rate(lambda: conv().numpy(), 2 * 32 * 28 * 28 * 128 * 128 * 9,
-                                 repeats)}
-
-
-def forward_flops(model, side: int) -> float:
-    """Floating-point operations of one image's forward pass, counted by TensorFlow's profiler
-    on the frozen graph."""
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2)
-    fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
-        tf.TensorSpec([1, side, side, 3], tf.float32))
-    graph = convert_variables_to_constants_v2(fn).graph
-    opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    opts["output"] = "none"
-    return float(tf.compat.v1.profiler.profile(graph, options=opts).total_float_ops)
 
 
 def _model_dir(side: int, image_size: int, work: str) -> str:

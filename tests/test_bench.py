@@ -48,8 +48,16 @@ def test_markdown_shows_the_ratios_the_targets_are_judged_by():
     assert "pool the windows of two rounds" in text
     assert "200x what a rank of the 2 x 1 layout trains (43.6 images/s)" in text
     assert "oneDNN's kernels are off" in text  # an AVX2 CPU: plain Keras runs without oneDNN
+    assert "| 32 | 64 | 97.0 (87.3-106.7) | 9.0 (8.1-9.9) | 0.09 | - / - |" in text  # no ceiling
     r["machine"]["flags"] = ["avx2", "avx512_bf16", "avx512f"]
     assert "TensorFlow then turns oneDNN on by itself" in bench.markdown(r)
+    # With the ceiling: 97 images/s x 3 x 0.1 GFLOP = 29.1 GFLOP/s of a 58.2 conv ceiling.
+    r["ceiling"] = {"ceiling": {"fp32": {"matmul_gflops": 50.0, "conv_gflops": 58.2},
+                                "bf16": {"matmul_gflops": 5.0, "conv_gflops": 2.7}},
+                    "forward_flops": {"32": 1e8}}
+    text = bench.markdown(r)
+    assert "| 0.09 | 50% / 100% |" in text
+    assert "fp32: matmul 2048^2 50, 3x3 conv 58" in text
 
 
 def _freeze_bench(*args):

@@ -1,0 +1,80 @@
+"""This machine's compute ceiling, and the FLOPs a model needs: what `% of ceiling` divides by.
+
+  .venv/bin/python -m benchmarks.ceiling                 # fp32 and bf16, GFLOP/s, as JSON
+  .venv/bin/python -m benchmarks.ceiling --sizes=32,96   # and ResNet50's FLOPs per image
+
+The ceiling is TensorFlow's own kernels at their best on this machine, through oneDNN as the job
+runs them: a 2048 x 2048 matmul and a 3x3 convolution (batch 32, 28x28x128 to 128, a ResNet50
+conv3 layer) in GFLOP/s. A training step's FLOPs per image are 3x its forward pass's (forward,
+input gradient, weight gradient) when every stage trains.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import resnet  # noqa: F401  (first: the job's environment before TensorFlow loads)
+import tensorflow as tf
+
+from benchmarks.common import use_job_threads
+
+TRAIN_FLOPS_PER_FORWARD = 3
+
+
+def _rate(fn, flops: float, repeats: int) -> float:
+    fn()  # warm: kernel creation
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return flops * repeats / (time.perf_counter() - start) / 1e9
+
+
+def ceiling(precision: str, repeats: int = 10) -> dict:
+    dtype = tf.bfloat16 if precision == "bf16" else tf.float32
+    a = tf.random.normal((2048, 2048), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    x = tf.cast(tf.random.normal((32, 28, 28, 128)), dtype)
+    k = tf.cast(tf.random.normal((3, 3, 128, 128)), dtype)
+    matmul = tf.function(lambda: tf.linalg.matmul(a, a))
+    conv = tf.function(lambda: tf.nn.conv2d(x, k, 1, "SAME"))
+    return {"matmul_gflops": _rate(lambda: matmul().numpy(), 2 * 2048 ** 3, repeats),
+            "conv_gflops": _rate(lambda: conv().numpy(), 2 * 32 * 28 * 28 * 128 * 128 * 9,
+                                 repeats)}
+
+
+def forward_flops(model, side: int) -> float:
+    """Floating-point operations of one image's forward pass, counted by TensorFlow's profiler
+    on the frozen graph."""
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2)
+    fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.TensorSpec([1, side, side, 3], tf.float32))
+    graph = convert_variables_to_constants_v2(fn).graph
+    opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    opts["output"] = "none"
+    return float(tf.compat.v1.profiler.profile(graph, options=opts).total_float_ops)
+
+
+def resnet_forward_flops(image_size: int) -> float:
+    """One image's forward FLOPs through the job's model (resnet.model) at `image_size`."""
+    from resnet import model as model_lib
+    return forward_flops(model_lib.build(10, image_size, "none", 0), 32)
+
+
+def main():
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ceiling",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--precisions", default="fp32,bf16")
+    p.add_argument("--sizes", default="", help="image sizes whose forward FLOPs to count")
+    a = p.parse_args()
+    use_job_threads()
+    out = {"ceiling": {pr: ceiling(pr) for pr in a.precisions.split(",")},
+           "forward_flops": {int(s): resnet_forward_flops(int(s))
+                             for s in a.sizes.split(",") if s}}
+    json.dump(out, sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()

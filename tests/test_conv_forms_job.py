@@ -1,0 +1,93 @@
+"""--conv_forms in the real job and the step profile: train_dist.py under horovodrun with the forms
+chosen by timing, the same training as with convolutions, a model plain Keras opens, and
+benchmarks.profile showing the matmuls where the convolutions' weight gradients were."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, job_env, run_job
+
+pytestmark = pytest.mark.slow
+
+# conv5 alone trains: 9 eligible convolutions at 1x1 pixels (32 px input), seconds per step.
+SMALL = ["--dataset=synthetic", "--max_train_examples=64", "--max_test_examples=32",
+         "--epochs=1", "--weights=none", "--image_size=32", "--train_from=conv5",
+         "--batch_size=8", "--log_every_steps=1", "--warmup_epochs=0"]
+
+
+def _metrics(model_dir):
+    return json.loads((model_dir / "metrics.json").read_text())
+
+
+def test_matmul_forms_train_as_the_convolutions_do(tmp_path):
+    losses = {}
+    for forms in ("conv", "matmul"):
+        run_job(SMALL + [f"--model_dir={tmp_path / forms}", f"--conv_forms={forms}"])
+        losses[forms] = [(e["train_loss"], e["test_loss"]) for e in
+                         _metrics(tmp_path / forms)["history"]]
+    # The same maths in another order of additions: float32 round-off, not another model.
+    (conv,), (matmul,) = losses["conv"], losses["matmul"]
+    assert matmul == pytest.approx(conv, rel=1e-3) and conv[0] > 0
+
+
+def test_auto_forms_on_two_ranks_rank0_times_and_models_stay_plain_keras(tmp_path):
+    model_dir = tmp_path / "run"
+    env = job_env(XDG_CACHE_HOME=str(tmp_path / "cache"))  # nothing timed yet: rank 0 times
+    proc = run_job(SMALL + [f"--model_dir={model_dir}", "--conv_forms=auto"], np_ranks=2,
+                   env=env)
+    log = proc.stdout + proc.stderr
+    assert log.count("--conv_forms=auto:") == 1, log[-3000:]  # rank 0 decided, once
+    cache = json.loads((tmp_path / "cache" / "resnet-horovod" / "conv_forms.json").read_text())
+    (timings,) = cache.values()
+    assert timings and all({"conv", "matmul"} <= set(t) for t in timings.values())
+    assert _metrics(model_dir)["test_accuracy"] >= 0
+
+    # Evaluation is Keras's own convolutions, whatever trained: 1 and 2 ranks agree exactly.
+    evals = {}
+    for ranks in (1, 2):
+        run_job(SMALL + [f"--model_dir={model_dir}", "--eval_only"], np_ranks=ranks, env=env)
+        m = _metrics(model_dir)
+        evals[ranks] = m
+    # As tests/test_distributed.py holds every evaluation to: the same predictions exactly, the
+    # mean loss to its summation order.
+    assert evals[1]["confusion_matrix"] == evals[2]["confusion_matrix"]
+    assert evals[1]["test_accuracy"] == evals[2]["test_accuracy"]
+    assert evals[1]["test_loss"] == pytest.approx(evals[2]["test_loss"], rel=1e-5)
+
+    code = ("import tensorflow as tf, numpy as np; m = tf.keras.models.load_model(%r); "
+            "print([type(l).__name__ for l in m.layers])" % str(model_dir / "model.keras"))
+    plain = job_env()
+    plain.pop("PYTHONPATH")
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), env=plain,
+                         capture_output=True, text=True, timeout=300, check=True)
+    assert "Functional" in out.stdout or "Model" in out.stdout
+
+
+def _profile(tmp_path, forms):
+    out = tmp_path / forms
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.profile", "--image_size=32", "--batch_size=8",
+         "--train_from=conv5", "--warmup_steps=1", "--profile_steps=2",
+         f"--conv_forms={forms}", f"--out={out}"], cwd=ROOT, env=job_env(OMP_NUM_THREADS="2"),
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout, json.loads((out / "profile.json").read_text())
+
+
+def test_profile_shows_where_the_step_goes_and_what_the_forms_change(tmp_path):
+    kinds = {}
+    for forms in ("conv", "matmul"):
+        report, result = _profile(tmp_path, forms)
+        assert result["step_ms"] > 0 and "One step:" in report
+        assert "onednn_verbose" not in report  # oneDNN's lines went to the file, not the table
+        kinds[forms] = {(kind, prop) for kind, prop, *_ in result["onednn"]}
+        assert any(t.startswith("_Mkl") for t in result["tf_ops"]), result["tf_ops"]
+    # Convolutions trained conv5's weights; as matmuls, no weight gradient is a convolution.
+    assert ("convolution", "backward_weights") in kinds["conv"]
+    assert ("convolution", "backward_weights") not in kinds["matmul"]
+    assert ("gemm_api", "undef") in kinds["matmul"]
+    assert ("convolution", "forward_training") in kinds["matmul"]  # the frozen stages' remain
