@@ -215,7 +215,9 @@ def _check_combinations(c: Config) -> None:
         for flag, value, why in (
                 ("freeze_epochs", c.freeze_epochs, "a second optimizer mid-run"),
                 ("download", c.download, "rank 0 downloading while the others wait"),
-                ("eval_only", c.eval_only, "nothing to be elastic about")):
+                ("eval_only", c.eval_only, "nothing to be elastic about"),
+                ("conv_forms", c.conv_forms != "conv", "rank 0 timing layers while the others "
+                 "wait; elastic trains Keras's convolutions")):
             if value:
                 raise UsageError(f"--elastic does not combine with --{flag} ({why}); run that "
                                  "without --elastic")

@@ -30,6 +30,8 @@ from resnet.errors import UsageError
     (dict(commit_every_steps=0), "--commit_every_steps=0: must be a positive number"),
     (dict(elastic=True, download=True), "--elastic does not combine with --download"),
     (dict(elastic=True, eval_only=True), "--elastic does not combine with --eval_only"),
+    (dict(elastic=True, conv_forms="auto"), "--elastic does not combine with --conv_forms"),
+    (dict(conv_forms="fast"), "--conv_forms=fast: use one of auto, conv, matmul"),
     (dict(start_image_size=16), "--start_image_size=16: use 32 to 512"),
     (dict(start_image_size=96, epochs=1), "with --epochs=1 there is no such epoch"),
     (dict(start_image_size=96, elastic=True), "--elastic does not combine with --start_image"),
