@@ -1,6 +1,8 @@
 """The job across hosts: an emulated cluster of 3 (tools/netcluster.py: network namespaces with
 their own hostnames and sshd, on one bridge), every rank started over ssh by the real
 launchers, as on a cluster. Each host sees the same files (the checkout, the data), as over NFS.
+Every host also carries Docker's default bridge, docker0 at 172.17.0.1/16 on each, as Docker
+leaves it on most cluster nodes it is installed on: every launch path here must leave it out.
 
 Every rank shares this machine's 2 cores with the others, so these tests prove placement, the
 network and failures, not speed (benchmarks/allreduce.py measures the network, isolated).
@@ -39,7 +41,7 @@ def cluster():
     why = netcluster.unavailable()
     if why:
         pytest.skip(f"no emulated cluster here: {why}")
-    c = netcluster.Cluster(hosts=3).start()
+    c = netcluster.Cluster(hosts=3, docker_bridge=True).start()
     try:
         yield c
     finally:
@@ -87,7 +89,8 @@ def test_mpirun_script_puts_a_rank_on_each_host_over_the_network_they_share(clus
         log = proc.stdout + proc.stderr
         assert _placement(log) == [("0", "node1"), ("1", "node2")], log[-3000:]
         assert ("network: 10.77.0.0/24 (eth0): the network every host has an address in; "
-                "not shared, so left out: eth1 (10.88.0.0/24)") in log
+                "left out: docker0 (172.17.0.0/16): a container or VM bridge, "
+                "eth1 (10.88.0.0/24): not every host has it") in log
         assert "btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24" in log
         metrics = json.loads((model_dir / "metrics.json").read_text())
         assert metrics["world_size"] == 2 and metrics["test_examples"] == 40
@@ -104,6 +107,42 @@ def test_mpirun_script_puts_a_rank_on_each_host_over_the_network_they_share(clus
                        timeout=30)
         subprocess.run(["ip", "netns", "exec", ns1, "sysctl", "-qw",
                         "net.ipv4.conf.all.arp_ignore=0"], capture_output=True, timeout=30)
+
+
+def test_hosts_reached_only_through_open_mpis_agent_and_a_network_that_does_not_route(
+        cluster, tmp_path, image_tar):
+    """No ssh on PATH leads to the hosts: only $OMPI_MCA_plm_rsh_agent does (a site's own ssh
+    wrapper), and the launch plan must reach them the way Open MPI will. Every host also has
+    eth2 in 10.66.0.0/24 at its own address, each on a link that leads nowhere: shared by
+    address, not by route. The probe must leave it out, and the job train over eth0."""
+    names = ["node1", "node2"]
+    try:
+        for i, host in enumerate(names, 1):
+            ns = cluster.ns(host)
+            for args in (["link", "add", "eth2", "type", "veth", "peer", "name", "eth2p"],
+                         ["link", "set", "eth2p", "up"],
+                         ["addr", "add", f"10.66.0.{i}/24", "dev", "eth2"],
+                         ["link", "set", "eth2", "up"]):
+                netcluster._sh(["ip", "-n", ns, *args])
+        env = _env(cluster)
+        env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
+                                      if p != cluster.bin)
+        assert env["OMPI_MCA_plm_rsh_agent"].startswith(cluster.bin)
+        model_dir = tmp_path / "m"
+        proc = cluster.run("node1", [MPIRUN, "--nodes", "2", "--ranks_per_node", "1",
+                                     "--hosts", "node1:1,node2:1", "--"] +
+                           _job_flags(image_tar, model_dir, "--epochs=1"), cwd=ROOT, env=env,
+                           timeout=600)
+        log = proc.stdout + proc.stderr
+        assert _placement(log) == [("0", "node1"), ("1", "node2")], log[-3000:]
+        assert re.search(r"network: 10\.77\.0\.0/24 \(eth0\): .*eth2 \(10\.66\.0\.0/24\): "
+                         r"node2's 10\.66\.0\.2 is not reachable from here", log), log[-3000:]
+        assert "docker0 (172.17.0.0/16): a container or VM bridge" in log
+        assert json.loads((model_dir / "metrics.json").read_text())["world_size"] == 2
+    finally:
+        for host in names:
+            subprocess.run(["ip", "-n", cluster.ns(host), "link", "del", "eth2"],
+                           capture_output=True, timeout=30)
 
 
 def test_plain_horovodrun_across_hosts_then_eval_on_two_hosts_equals_one_process(

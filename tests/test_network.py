@@ -1,6 +1,7 @@
 """The network a multi-host launch uses, chosen from what each host reports (stated here; the
 emulated cluster in test_cluster.py runs it across real namespaces)."""
 
+import socket
 import subprocess
 
 import pytest
@@ -33,7 +34,7 @@ def test_parse_ip_addr():
 def test_the_network_every_host_has_wins_and_the_others_are_named():
     choice = network.choose(hosts(node1=NODE1, node2=NODE2))
     assert choice.networks == ("10.77.0.0/24",) and choice.names == "eth0"
-    assert "not shared, so left out: eth1 (10.88.0.0/24)" in choice.why
+    assert "left out: eth1 (10.88.0.0/24): not every host has it" in choice.why
     assert network.open_mpi_args(choice) == ["--mca", "btl_tcp_if_include", "10.77.0.0/24",
                                              "--mca", "oob_tcp_if_include", "10.77.0.0/24"]
     assert network.describe(choice).startswith("network: 10.77.0.0/24 (eth0): the network")
@@ -69,3 +70,65 @@ def test_an_unreachable_host_is_an_error_not_a_wait():
     with pytest.raises(UsageError, match="node9: cannot list .*No route to host"):
         network.plan_network(["localhost", "node9"], run=refused)
     assert network.plan_network(["localhost"]) is None  # one machine: nothing to choose
+
+
+DOCKER0 = "5: docker0    inet 172.17.0.1/16 brd 172.17.255.255 scope global docker0\n"
+
+
+def test_a_bridge_at_the_same_address_on_every_host_is_left_out_unless_named():
+    """Docker's default bridge: 172.17.0.1/16 on every host, which looks shared."""
+    choice = network.choose(hosts(node1=NODE2 + DOCKER0, node2=NODE3_OTHER_NAME + DOCKER0))
+    assert choice.networks == ("10.77.0.0/24",)
+    assert "docker0 (172.17.0.0/16): a container or VM bridge" in choice.why
+    named = network.choose(hosts(node1=NODE2 + DOCKER0, node2=NODE2 + DOCKER0), "docker0")
+    assert named.named and named.interfaces == ("docker0",)  # named: the user's choice
+    # Under any other name, the same address on two hosts still rules it out.
+    same = DOCKER0.replace("docker0", "eth9")
+    choice = network.choose(hosts(node1=NODE1 + same, node2=NODE2 + same))
+    assert choice.networks == ("10.77.0.0/24",)
+    assert "eth9 (172.17.0.0/16): node1 and node2 have the same address 172.17.0.1" in choice.why
+    for name in ("br-0123456789ab", "virbr0", "podman0", "cni0", "flannel.1", "cali1a2b3c"):
+        assert network.VIRTUAL_BRIDGE.match(name), name
+    for name in ("eth0", "ens5", "ib0", "bond0", "br0", "enp3s0f1"):
+        assert not network.VIRTUAL_BRIDGE.match(name), name
+
+
+def test_a_network_whose_addresses_do_not_answer_is_left_out_and_named():
+    both = "3: eth1    inet 10.99.0.{}/24 scope global eth1\n"
+    per_host = hosts(node1=NODE2.replace("10.77.0.2", "10.77.0.1") + both.format(1),
+                     node2=NODE2 + both.format(2))
+    asked = []
+
+    def reachable(ip):
+        asked.append(ip)
+        return "no answer within 3 s" if ip.startswith("10.99.") else None
+    choice = network.choose(per_host, reachable=reachable)
+    assert choice.networks == ("10.77.0.0/24",)
+    # This machine is neither host: each is asked, and the first silent one rules it out.
+    assert "eth1 (10.99.0.0/24): node1's 10.99.0.1 is not reachable from here: no answer" \
+        in choice.why
+    assert set(asked) == {"10.77.0.1", "10.77.0.2", "10.99.0.1"}
+    with pytest.raises(UsageError, match="share no IPv4 network they can reach.*node1's "
+                                         "10.77.0.1 is not reachable from here"):
+        network.choose(per_host, reachable=lambda ip: "no route to host")
+
+
+def test_the_probe_tells_an_answer_from_silence():
+    with socket.socket() as server:  # a listener here: accepted
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert network.probe("127.0.0.1", server.getsockname()[1]) is None
+    with socket.socket() as closed:  # a port nobody listens on: refused, still an answer
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    assert network.probe("127.0.0.1", port) is None
+
+
+def test_remote_commands_start_as_open_mpi_starts_its_daemons():
+    assert network.remote_command("node2", {}) == [
+        "ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={network.SSH_TIMEOUT_S}", "node2"]
+    agent = {"OMPI_MCA_plm_rsh_agent": "/opt/site/bin/cluster-ssh -p 2222 : rsh"}
+    assert network.remote_command("node2", agent) == ["/opt/site/bin/cluster-ssh", "-p", "2222",
+                                                      "node2"]
+    wrapped = {"OMPI_MCA_plm_rsh_agent": "/tmp/cluster/bin/ssh"}
+    assert network.remote_command("node2", wrapped)[:2] == ["/tmp/cluster/bin/ssh", "-o"]

@@ -91,8 +91,12 @@ def remove_stale() -> List[str]:
 class Cluster:
     """Hosts node1..nodeN on one bridge. start() and stop() bracket its life."""
 
-    def __init__(self, hosts: int = 2, subnet: str = "10.77.0", workdir: Optional[str] = None):
+    def __init__(self, hosts: int = 2, subnet: str = "10.77.0", workdir: Optional[str] = None,
+                 docker_bridge: bool = False):
+        """`docker_bridge`: every host also carries Docker's default bridge as Docker leaves it,
+        docker0 at 172.17.0.1/16, the same address on each (and leading nowhere else)."""
         self.names = [f"node{i}" for i in range(1, hosts + 1)]
+        self.docker_bridge = docker_bridge
         self.subnet = subnet
         self.tag = f"rc{os.getpid()}"
         self.dir = workdir or tempfile.mkdtemp(prefix="netcluster-")
@@ -148,6 +152,10 @@ class Cluster:
         self._ip(ns, "addr", "add", f"{self.address(host)}/24", "dev", "eth0")
         self._ip(ns, "link", "set", "eth0", "up")
         self._ip(ns, "link", "set", "lo", "up")
+        if self.docker_bridge:
+            self._ip(ns, "link", "add", "docker0", "type", "bridge")
+            self._ip(ns, "addr", "add", "172.17.0.1/16", "dev", "docker0")
+            self._ip(ns, "link", "set", "docker0", "up")
         self._write_hosts(host)
 
     def _write_hosts(self, host: str) -> None:

@@ -5,23 +5,45 @@ the other hosts cannot reach (a management network, a docker bridge, an unplugge
 port's IPoIB address) makes the others try to connect to it, and the job hangs in its first
 collective with nothing said. So the launch plan asks every host for its IPv4 interfaces (over
 ssh, each with a time limit: an unreachable host is an error at once, not a hang), keeps the
-networks that every host has an address in, and passes the choice to both: Open MPI's
+networks every host has its own address in and can be reached through, and passes them to both: Open MPI's
 btl_tcp_if_include and oob_tcp_if_include (as the network, which works whatever the interface
 is called on each host) and Horovod's --network-interfaces / HOROVOD_GLOO_IFACE (by name, which
 must then be the same on every host). --network-interfaces names them instead.
+
+A network counts as shared only when the hosts can reach one another through it:
+  - container and VM bridges (Docker's docker0 and br-*, libvirt's virbr*, Podman's, Kubernetes'
+    CNI, Flannel's, Calico's) are left out unless named: Docker gives docker0 172.17.0.1/16 on
+    every host, which looks shared and leads each host to itself (Open MPI's FAQ names docker0
+    and virbr0 as the usual cause of such hangs);
+  - a network in which two hosts have the same address is left out, whatever its name;
+  - each remaining candidate is probed: a TCP connection from this host to every other host's
+    address in it (ssh's port; a refusal is an answer too), each with a time limit.
+The remote listing starts the way Open MPI starts its daemons: through $OMPI_MCA_plm_rsh_agent
+when it is set, else ssh.
 
 Kept free of TensorFlow, like the rest of resnet/launch/.
 """
 
 import dataclasses
+import errno
 import ipaddress
+import os
+import re
+import shlex
 import socket
 import subprocess
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from resnet.errors import UsageError
 
 SSH_TIMEOUT_S = 15  # per host: connecting and listing its interfaces
+PROBE_TIMEOUT_S = 3  # per address: a TCP connection within a LAN answers in milliseconds
+PROBE_PORT = 22  # ssh's: open on every host the launch reaches; a refusal still proves a route
+# Bridges that container and VM runtimes create on each host they run on: never a way to
+# another host, often at the same address on all of them.
+VIRTUAL_BRIDGE = re.compile(r"^(docker\d*|br-[0-9a-f]{12}|virbr\d+(-nic)?|podman\d+|cni\d*|"
+                            r"cni-podman\d+|flannel[.\d]*|cali[0-9a-f]*|kube-bridge|weave|"
+                            r"lxcbr\d+|lxdbr\d+|cilium_\w+|tunl\d+)$")
 
 Addresses = List[Tuple[str, ipaddress.IPv4Interface]]  # (interface name, address/prefix)
 
@@ -53,11 +75,23 @@ def is_local(host: str) -> bool:
     return host in ("localhost", socket.gethostname()) or host.startswith("127.")
 
 
-def list_addresses(host: str, run: Callable = subprocess.run) -> Addresses:
+def remote_command(host: str, environ: Mapping[str, str] = os.environ) -> List[str]:
+    """How to run a command on `host`, as Open MPI would: $OMPI_MCA_plm_rsh_agent (its first
+    choice where it lists several, 'ssh : rsh'), else ssh. ssh gets batch mode and a connect
+    time limit; another agent is called as it is."""
+    agent = environ.get("OMPI_MCA_plm_rsh_agent", "").split(":")[0].strip()
+    cmd = shlex.split(agent) if agent else ["ssh"]
+    if os.path.basename(cmd[0]) == "ssh":
+        cmd += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT_S}"]
+    return cmd + [host]
+
+
+def list_addresses(host: str, run: Callable = subprocess.run,
+                   environ: Mapping[str, str] = os.environ) -> Addresses:
     """The host's IPv4 addresses: here directly, elsewhere over ssh, within SSH_TIMEOUT_S."""
     cmd = ["ip", "-o", "-4", "addr", "show"]
     if not is_local(host):
-        cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT_S}", host] + cmd
+        cmd = remote_command(host, environ) + cmd
     try:
         out = run(cmd, capture_output=True, text=True, timeout=SSH_TIMEOUT_S + 5)
     except subprocess.TimeoutExpired:
@@ -70,9 +104,26 @@ def list_addresses(host: str, run: Callable = subprocess.run) -> Addresses:
     return parse_ip_addr(out.stdout)
 
 
-def choose(per_host: Dict[str, Addresses], wanted: Optional[str] = None) -> Choice:
-    """The networks every host has an address in (loopback left out), or the interfaces
-    `wanted` names, checked to exist on every host."""
+def probe(address: str, port: int = PROBE_PORT, timeout: float = PROBE_TIMEOUT_S) -> Optional[str]:
+    """None when `address` answers a TCP connection from here (accepted or refused), else why
+    not (a time-out, no route)."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return None
+    except ConnectionRefusedError:
+        return None  # the host answered: the route works, the port is merely closed
+    except socket.timeout:
+        return f"no answer within {timeout:g} s"
+    except OSError as e:
+        return os.strerror(e.errno) if e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH) \
+            else str(e)
+
+
+def choose(per_host: Dict[str, Addresses], wanted: Optional[str] = None,
+           reachable: Optional[Callable[[str], Optional[str]]] = None) -> Choice:
+    """The networks every host has its own address in (loopback and container bridges left
+    out) and, with `reachable` (probe), answers in from here; or the interfaces `wanted` names,
+    checked to exist on every host."""
     hosts = sorted(per_host)
     if wanted:
         names = tuple(wanted.split(","))
@@ -84,36 +135,81 @@ def choose(per_host: Dict[str, Addresses], wanted: Optional[str] = None) -> Choi
                                  f"{', '.join(sorted({n for n, _ in per_host[host]}))})")
         nets = sorted({str(a.network) for n, a in per_host[hosts[0]] if n in names})
         return Choice(names, tuple(nets), "named by --network-interfaces", named=True)
+    left_out = {}  # "name (network)" -> why
+    usable = {}
+    for host in hosts:
+        usable[host] = []
+        for name, a in per_host[host]:
+            if a.is_loopback:
+                continue
+            if VIRTUAL_BRIDGE.match(name):
+                left_out[f"{name} ({a.network})"] = "a container or VM bridge"
+            else:
+                usable[host].append((name, a))
     shared = None
     for host in hosts:
-        nets = {a.network for _, a in per_host[host] if not a.is_loopback}
+        nets = {a.network for _, a in usable[host]}
         shared = nets if shared is None else shared & nets
+    shared = shared or set()
+    for net in sorted(shared, key=str):
+        owners = {}
+        for host in hosts:
+            for name, a in usable[host]:
+                if a.network == net:
+                    owners.setdefault(a.ip, []).append(host)
+        twice = {ip: hs for ip, hs in owners.items() if len(hs) > 1}
+        if twice:
+            ip, hs = next(iter(twice.items()))
+            left_out[f"{_name_in(usable, hosts, net)} ({net})"] = \
+                f"{' and '.join(hs)} have the same address {ip} in it"
+            shared.discard(net)
+        elif reachable:
+            for host in hosts:
+                if is_local(host):
+                    continue
+                ip = next(str(a.ip) for _, a in usable[host] if a.network == net)
+                why = reachable(ip)
+                if why:
+                    left_out[f"{_name_in(usable, hosts, net)} ({net})"] = \
+                        f"{host}'s {ip} is not reachable from here: {why}"
+                    shared.discard(net)
+                    break
+    for host in hosts:
+        for name, a in usable[host]:
+            key = f"{name} ({a.network})"
+            if a.network not in shared and not any(k.endswith(f"({a.network})")
+                                                   for k in left_out):
+                left_out[key] = "not every host has it"
     if not shared:
         listing = "; ".join(f"{h}: " + ", ".join(f"{n} {a}" for n, a in per_host[h]) for h in hosts)
-        raise UsageError("the hosts share no IPv4 network, so their ranks cannot reach each "
-                         f"other ({listing}); fix the network or name the interface with "
-                         "--network-interfaces")
+        reasons = "".join(f"; {k}: {why}" for k, why in sorted(left_out.items()))
+        raise UsageError("the hosts share no IPv4 network they can reach each other through, so "
+                         f"their ranks cannot connect ({listing}{reasons}); fix the network or "
+                         "name the interface with --network-interfaces")
     nets = sorted(shared, key=str)
-    names = []
-    for net in nets:
-        on_each = {next(n for n, a in per_host[h] if a.network == net) for h in hosts}
-        names.append(on_each.pop() if len(on_each) == 1 else "")
-    others = sorted({f"{n} ({a.network})" for h in hosts for n, a in per_host[h]
-                     if not a.is_loopback and a.network not in shared})
+    names = [_name_in(usable, hosts, net) for net in nets]
     why = f"the network{'s' * (len(nets) > 1)} every host has an address in"
-    if others:
-        why += f"; not shared, so left out: {', '.join(others)}"
+    if left_out:
+        why += "; left out: " + ", ".join(f"{k}: {v}" for k, v in sorted(left_out.items()))
     return Choice(tuple(names), tuple(str(n) for n in nets), why)
 
 
+def _name_in(per_host: Dict[str, Addresses], hosts, net) -> str:
+    """The interface's name in `net`, when every host calls it the same, else ''."""
+    on_each = {next(n for n, a in per_host[h] if a.network == net) for h in hosts}
+    return on_each.pop() if len(on_each) == 1 else ""
+
+
 def plan_network(hosts: Sequence[str], wanted: Optional[str] = None,
-                 run: Callable = subprocess.run) -> Optional[Choice]:
+                 run: Callable = subprocess.run, reachable: Optional[Callable] = probe,
+                 environ: Mapping[str, str] = os.environ) -> Optional[Choice]:
     """The choice for these hosts, or None when every rank stays on this machine and no
     interface was named."""
     if all(is_local(h) for h in hosts):
         return Choice(tuple(wanted.split(",")), (), "named by --network-interfaces",
                       named=True) if wanted else None
-    return choose({h: list_addresses(h, run) for h in dict.fromkeys(hosts)}, wanted)
+    return choose({h: list_addresses(h, run, environ) for h in dict.fromkeys(hosts)}, wanted,
+                  reachable)
 
 
 def open_mpi_args(choice: Choice) -> List[str]:
