@@ -89,6 +89,9 @@ class Config:
     keep_checkpoints: int = 3
     checkpoint_every_steps: int = 0  # 0: at the end of every epoch only
     hang_timeout: float = 1800  # s without a finished step: a rank froze, exit (0: never)
+    # s for Horovod's start-up and the first collective: past it, the ranks cannot reach each
+    # other over the network they were given; exit naming it (resnet/runtime/startup.py; 0: never)
+    startup_timeout: float = 300
     elastic: bool = False  # Horovod Elastic: ranks may die or join (resnet/training/elastic.py)
     commit_every_steps: int = 10  # with elastic: steps between in-memory commits
     intra_op_threads: int = 0  # 0: from the launch plan ($OMP_NUM_THREADS) or this rank's CPUs
@@ -172,8 +175,8 @@ def _check_numbers(c: Config) -> None:
     positive("max_train_examples", c.max_train_examples)
     positive("max_test_examples", c.max_test_examples)
     for name in ("epochs", "freeze_epochs", "warmup_epochs", "label_smoothing",
-                 "checkpoint_every_steps", "hang_timeout", "intra_op_threads",
-                 "inter_op_threads", "momentum"):
+                 "checkpoint_every_steps", "hang_timeout", "startup_timeout",
+                 "intra_op_threads", "inter_op_threads", "momentum"):
         if getattr(c, name) < 0:
             raise UsageError(f"--{name}={getattr(c, name)}: must not be negative")
     if c.epochs == 0 and not c.eval_only:

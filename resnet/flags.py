@@ -114,6 +114,10 @@ def define(flag_values=flags.FLAGS) -> None:
     f.DEFINE_float("hang_timeout", _D.hang_timeout, "Seconds without a finished step or "
                    "evaluation batch after which a rank decides the job froze and exits 5 "
                    "(0: never). Not with --elastic.")
+    f.DEFINE_float("startup_timeout", _D.startup_timeout, "Seconds for Horovod's start-up and "
+                   "the first collective; past them the ranks cannot reach each other over the "
+                   "network they were given, and each exits 5 naming its host and that network "
+                   "(0: never).")
     f.DEFINE_bool("elastic", _D.elastic, "Horovod Elastic: survive ranks that die and take in "
                   "ranks that join (launch with launch/horovodrun.sh --min-np/--max-np).")
     f.DEFINE_integer("commit_every_steps", _D.commit_every_steps, "With --elastic: steps "

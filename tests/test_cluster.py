@@ -117,13 +117,7 @@ def test_hosts_reached_only_through_open_mpis_agent_and_a_network_that_does_not_
     address, not by route. The probe must leave it out, and the job train over eth0."""
     names = ["node1", "node2"]
     try:
-        for i, host in enumerate(names, 1):
-            ns = cluster.ns(host)
-            for args in (["link", "add", "eth2", "type", "veth", "peer", "name", "eth2p"],
-                         ["link", "set", "eth2p", "up"],
-                         ["addr", "add", f"10.66.0.{i}/24", "dev", "eth2"],
-                         ["link", "set", "eth2", "up"]):
-                netcluster._sh(["ip", "-n", ns, *args])
+        _dead_end_interfaces(cluster, names)
         env = _env(cluster)
         env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
                                       if p != cluster.bin)
@@ -140,9 +134,49 @@ def test_hosts_reached_only_through_open_mpis_agent_and_a_network_that_does_not_
         assert "docker0 (172.17.0.0/16): a container or VM bridge" in log
         assert json.loads((model_dir / "metrics.json").read_text())["world_size"] == 2
     finally:
-        for host in names:
-            subprocess.run(["ip", "-n", cluster.ns(host), "link", "del", "eth2"],
-                           capture_output=True, timeout=30)
+        _remove_dead_ends(cluster, names)
+
+
+def _dead_end_interfaces(cluster, names):
+    """eth2 on each host, at 10.66.0.<i>/24: one network by its addresses, each host's link
+    leading nowhere (a veth pair with both ends in the host)."""
+    for i, host in enumerate(names, 1):
+        for args in (["link", "add", "eth2", "type", "veth", "peer", "name", "eth2p"],
+                     ["link", "set", "eth2p", "up"],
+                     ["addr", "add", f"10.66.0.{i}/24", "dev", "eth2"],
+                     ["link", "set", "eth2", "up"]):
+            netcluster._sh(["ip", "-n", cluster.ns(host), *args])
+
+
+def _remove_dead_ends(cluster, names):
+    for host in names:
+        subprocess.run(["ip", "-n", cluster.ns(host), "link", "del", "eth2"],
+                       capture_output=True, timeout=30)
+
+
+def test_ranks_that_cannot_reach_each_other_end_at_the_startup_deadline(cluster, tmp_path,
+                                                                        image_tar):
+    """mpirun typed by hand with its TCP transport on eth2 (on every host, leading nowhere)
+    and its daemons on eth0: the ranks start, then cannot reach each other. Each must end
+    within --startup_timeout saying which host it is on and which network it was given, and
+    the job exit non-zero, instead of waiting forever."""
+    names = ["node1", "node2"]
+    model_dir = tmp_path / "m"
+    try:
+        _dead_end_interfaces(cluster, names)
+        cmd = ["mpirun", "--allow-run-as-root", "-np", "2", "-H", "node1:1,node2:1",
+               "--mca", "oob_tcp_if_include", "eth0", "--mca", "btl_tcp_if_include", "eth2",
+               "-x", "PYTHONPATH", "-x", "PATH", "-x", "TF_CPP_MIN_LOG_LEVEL", PYTHON, TRAIN]
+        cmd += _job_flags(image_tar, model_dir, "--epochs=1", "--startup_timeout=30")
+        proc = cluster.run("node1", cmd, cwd=ROOT, env=_env(cluster), timeout=400, check=False)
+    finally:
+        _remove_dead_ends(cluster, names)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, log[-3000:]
+    assert re.search(r"error: rank \d on node\d: Horovod's start-up and the first collective "
+                     r"did not finish within 30 s", log), log[-3000:]
+    assert "eth2 (OMPI_MCA_btl_tcp_if_include)" in log
+    assert not (model_dir / "metrics.json").exists()
 
 
 def test_plain_horovodrun_across_hosts_then_eval_on_two_hosts_equals_one_process(

@@ -16,7 +16,7 @@ from absl import logging
 from resnet import model as model_lib
 from resnet.config import Config
 from resnet.data import source
-from resnet.runtime import placement, shared_dir
+from resnet.runtime import placement, shared_dir, startup
 from resnet.runtime import world as world_lib
 from resnet.training import checkpoints, elastic, epoch, eval_only, fixed, results
 from resnet.training.schedule import Schedule
@@ -28,11 +28,15 @@ def run(config: Config, observers: Sequence = ()) -> dict:
     profile of benchmarks/profile.py)."""
     requested, config = config, config.effective()
     # Horovod's start-up is no collective, so elastic mode may start here too.
+    # Until the first collective is done, a rank that cannot reach the others ends with a message.
+    deadline = startup.Deadline(config.startup_timeout).start()
     world = world_lib.start(config.intra_op_threads, config.inter_op_threads)
     _announce(requested, config)
-    if config.elastic:
+    if config.elastic:  # Horovod Elastic's rendezvous has its own time limits
+        deadline.passed()
         return elastic.run(config, world)
     rows = placement.gather_placement(world)
+    deadline.passed()
     logging.info("placement:\n%s", placement.format_placement(rows))
     if config.debug:
         tf.debugging.set_log_device_placement(True)
