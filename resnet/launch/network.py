@@ -212,6 +212,29 @@ def plan_network(hosts: Sequence[str], wanted: Optional[str] = None,
                   reachable)
 
 
+def srun_env(environ: Mapping[str, str] = os.environ, wanted: Optional[str] = None,
+             run: Callable = subprocess.run) -> Tuple[Dict[str, str], str]:
+    """Under srun no launcher of ours picks a network, and Slurm's nodes may not take ssh from
+    each other, so Open MPI's TCP transport is steered from here instead: the interfaces
+    `wanted` names, else every interface but loopback and the networks of this host's container
+    and VM bridges (Docker gives docker0 the same 172.17.0.0/16 on every host). Returns
+    (variables for the ranks, what the plan says); nothing where you set Open MPI's own."""
+    keys = [f"OMPI_MCA_{p}_tcp_if_{w}" for p in ("btl", "oob") for w in ("include", "exclude")]
+    if any(environ.get(k) for k in keys):
+        return {}, "network: Open MPI's, as your OMPI_MCA_*_tcp_if_* variables say"
+    if wanted:
+        return ({"OMPI_MCA_btl_tcp_if_include": wanted, "OMPI_MCA_oob_tcp_if_include": wanted},
+                f"network: {wanted}: named by --network-interfaces")
+    bridges = [(n, a) for n, a in list_addresses("localhost", run) if VIRTUAL_BRIDGE.match(n)]
+    # By network, not name: a name another host lacks would make Open MPI warn on it, and
+    # Docker's networks are the same on every host where its bridges' names (br-<id>) are not.
+    value = ",".join(["127.0.0.1/8"] + sorted({str(a.network) for _, a in bridges}))
+    why = ", ".join(f"{n} ({a.network})" for n, a in bridges)
+    return ({"OMPI_MCA_btl_tcp_if_exclude": value, "OMPI_MCA_oob_tcp_if_exclude": value},
+            "network: every interface but loopback" + (
+                f"; left out: {why}: a container or VM bridge" if bridges else ""))
+
+
 def open_mpi_args(choice: Choice) -> List[str]:
     value = choice.names if choice.named else ",".join(choice.networks)
     return ["--mca", "btl_tcp_if_include", value, "--mca", "oob_tcp_if_include", value]

@@ -129,14 +129,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    plan_env = dict(layout.env)
     print(layout_lib.describe(layout))
     if net:
         print(network.describe(net))
-    print("env: " + " ".join(f"{k}={v}" for k, v in sorted(layout.env.items())))
+    elif args.launcher == "srun" and args.sockets is None:
+        net_env, said = network.srun_env(os.environ, args.network_interfaces)
+        plan_env.update(net_env)
+        print(said)
+    print("env: " + " ".join(f"{k}={v}" for k, v in sorted(plan_env.items())))
     print("command: " + shlex.join(cmd), flush=True)
     if args.dry_run:
         return 0
-    env = env_lib.launch_env(layout.env, os.environ)
+    env = env_lib.launch_env(plan_env, os.environ)
     if elastic is not None:
         env["ELASTIC_HOSTS_FILE"] = elastic.hosts_file
     os.execvpe(cmd[0], cmd, env)
