@@ -86,12 +86,12 @@ def current(world: World) -> World:
 
 
 def chief_decides(world: World, decide: Callable[[], T]) -> T:
-    """Run `decide` on rank 0 alone and hand its result, or its UsageError, to every rank.
+    """Run `decide` on rank 0 alone and hand its result (anything JSON holds; tuples arrive as
+    lists), or its UsageError, to every rank.
 
     The one way rank-0 decisions reach the other ranks: a refusal on rank 0 stops all ranks with
     the same message instead of leaving them waiting in the next collective.
     """
-    import horovod.tensorflow as hvd
     result, error = None, None
     if world.is_chief:
         try:
@@ -99,11 +99,24 @@ def chief_decides(world: World, decide: Callable[[], T]) -> T:
         except UsageError as e:
             error = str(e)
     if world.size > 1:
-        # Horovod: rank 0's answer (pickled by Horovod, from rank 0 only) to every rank.
-        result, error = hvd.broadcast_object((result, error), root_rank=0)
+        result, error = broadcast_json((result, error), world.is_chief)
     if error is not None:
         raise UsageError(error)
     return result
+
+
+def broadcast_json(value, is_root: bool):
+    """The root rank's (rank 0's) `value` on every rank, through JSON bytes: Horovod's own
+    broadcast_object unpickles what it receives, and this project unpickles nothing that can
+    run code."""
+    import horovod.tensorflow as hvd
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    size = int(hvd.broadcast(tf.constant([len(data)], tf.int64), 0, name="json_len")[0])
+    buf = np.zeros(size, np.uint8)
+    if is_root:
+        buf[:] = data
+    return json.loads(hvd.broadcast(tf.constant(buf), 0, name="json_bytes").numpy().tobytes()
+                      .decode())
 
 
 def allgather_json(world: World, value) -> list:
