@@ -349,6 +349,9 @@ def test_slurm_job_spans_two_nodes_is_preempted_requeued_then_resumed_under_mpir
     log = out.read_text()
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log[-4000:]
     assert "command: srun --ntasks=2 --ntasks-per-node=1 --cpus-per-task=2" in log
+    # docker0 is on both nodes at the same address: Open MPI is told to leave it out.
+    assert "left out: docker0 (172.17.0.0/16): a container or VM bridge" in log
+    assert "OMPI_MCA_btl_tcp_if_exclude=127.0.0.1/8,172.17.0.0/16" in log
     # The output file holds both runs (Slurm appends on a requeue): the same placement twice.
     assert _placement(log) == [("0", "node1"), ("1", "node2")] * 2, log[-3000:]
     assert f"requeueing job {job}" in log and "resuming from" in log
@@ -362,6 +365,7 @@ def test_slurm_job_spans_two_nodes_is_preempted_requeued_then_resumed_under_mpir
     log = out.read_text()
     assert info["JobState"] == "COMPLETED", log[-3000:]
     assert "command: mpirun -np 2 --map-by ppr:1:node:pe=2" in log
+    assert "-x OMPI_MCA_btl_tcp_if_exclude" in log
     assert _placement(log) == [("0", "node1"), ("1", "node2")], log[-3000:]
     assert "resuming from" in log and "epoch 3, step 0" in log
     metrics = json.loads((model_dir / "metrics.json").read_text())

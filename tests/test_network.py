@@ -134,14 +134,14 @@ def test_remote_commands_start_as_open_mpi_starts_its_daemons():
     assert network.remote_command("node2", wrapped)[:2] == ["/tmp/cluster/bin/ssh", "-o"]
 
 
-def test_under_srun_open_mpi_is_told_to_leave_this_hosts_bridges_out():
+def test_under_slurm_open_mpi_is_told_to_leave_this_hosts_bridges_out():
     def ip(cmd, **kwargs):  # this host as `ip -o -4 addr show` lists it
         return subprocess.CompletedProcess(cmd, 0, NODE2 + DOCKER0, "")
-    env, said = network.srun_env({}, run=ip)
+    env, said = network.open_mpi_env({}, run=ip)
     assert env == {"OMPI_MCA_btl_tcp_if_exclude": "127.0.0.1/8,172.17.0.0/16",
                    "OMPI_MCA_oob_tcp_if_exclude": "127.0.0.1/8,172.17.0.0/16"}
     assert "left out: docker0 (172.17.0.0/16): a container or VM bridge" in said
-    env, _ = network.srun_env({}, "ib0", run=ip)
+    env, _ = network.open_mpi_env({}, "ib0", run=ip)
     assert env["OMPI_MCA_btl_tcp_if_include"] == "ib0" and len(env) == 2
     # Your own Open MPI setting wins, and include with exclude would be an Open MPI error.
-    assert network.srun_env({"OMPI_MCA_btl_tcp_if_include": "eth0"}, run=ip)[0] == {}
+    assert network.open_mpi_env({"OMPI_MCA_btl_tcp_if_include": "eth0"}, run=ip)[0] == {}

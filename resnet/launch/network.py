@@ -212,10 +212,11 @@ def plan_network(hosts: Sequence[str], wanted: Optional[str] = None,
                   reachable)
 
 
-def srun_env(environ: Mapping[str, str] = os.environ, wanted: Optional[str] = None,
-             run: Callable = subprocess.run) -> Tuple[Dict[str, str], str]:
-    """Under srun no launcher of ours picks a network, and Slurm's nodes may not take ssh from
-    each other, so Open MPI's TCP transport is steered from here instead: the interfaces
+def open_mpi_env(environ: Mapping[str, str] = os.environ, wanted: Optional[str] = None,
+                 run: Callable = subprocess.run) -> Tuple[Dict[str, str], str]:
+    """For a launch that lists no hosts (srun, or mpirun inside a Slurm allocation, which reads
+    the hosts itself): Slurm's nodes may not take ssh from each other, so instead of asking
+    them, Open MPI's TCP transport is steered by variables from here: the interfaces
     `wanted` names, else every interface but loopback and the networks of this host's container
     and VM bridges (Docker gives docker0 the same 172.17.0.0/16 on every host). Returns
     (variables for the ranks, what the plan says); nothing where you set Open MPI's own."""

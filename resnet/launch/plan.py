@@ -134,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if net:
         print(network.describe(net))
     elif args.launcher == "srun" and args.sockets is None:
-        net_env, said = network.srun_env(os.environ, args.network_interfaces)
+        net_env, said = network.open_mpi_env(os.environ, args.network_interfaces)
         plan_env.update(net_env)
         print(said)
     print("env: " + " ".join(f"{k}={v}" for k, v in sorted(plan_env.items())))

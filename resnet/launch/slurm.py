@@ -17,7 +17,7 @@ import sys
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 from resnet.errors import EXIT_REQUEUE, EXIT_USAGE, UsageError
-from resnet.launch import CHECKOUT
+from resnet.launch import CHECKOUT, network
 from resnet.launch.commands import open_mpi
 from resnet.runtime import threads, topology
 from resnet.runtime.env import launch_env, rank_env
@@ -39,8 +39,10 @@ def _int(env: Mapping[str, str], name: str, default=None) -> int:
 
 def plan(env: Mapping[str, str], model_dir: str, train_args: Sequence[str], launcher: str,
          python: str, train_script: str, mpi: str = "pmix",
-         threads_per_core: int = 1) -> Tuple[List[str], Dict[str, str]]:
-    """(command, extra environment) for the ranks of this allocation. Pure: tested directly."""
+         threads_per_core: int = 1, net_env: Mapping[str, str] = ()) -> Tuple[List[str],
+                                                                        Dict[str, str]]:
+    """(command, extra environment) for the ranks of this allocation. Pure: tested directly.
+    `net_env`: Open MPI's network variables (network.open_mpi_env), for every rank."""
     if "SLURM_JOB_ID" not in env:
         raise UsageError("no Slurm allocation ($SLURM_JOB_ID is not set): submit with sbatch, "
                          "e.g. sbatch launch/slurm_1node.sbatch MODEL_DIR")
@@ -53,7 +55,7 @@ def plan(env: Mapping[str, str], model_dir: str, train_args: Sequence[str], laun
     # Slurm counts logical CPUs; the rule counts physical cores (hyper-thread siblings once).
     cores = max(1, cpus // threads_per_core)
     rank = threads.for_rank(cores, 1, threads_per_core)
-    extra = rank_env(rank, nodes)
+    extra = {**rank_env(rank, nodes), **dict(net_env)}
     program = [python, train_script, f"--model_dir={model_dir}"] + list(train_args)
     n = nodes * per_node
     if launcher == "srun":
@@ -80,12 +82,14 @@ def main(argv=None) -> int:
     p.add_argument("--dry_run", action="store_true")
     args, train_args = p.parse_known_args(argv)
     try:
+        net_env, said = network.open_mpi_env(os.environ)
         cmd, extra = plan(os.environ, os.path.abspath(args.model_dir), train_args, args.launcher,
                           sys.executable, os.path.join(CHECKOUT, "train_dist.py"), args.mpi,
-                          topology.read().threads_per_core)
+                          topology.read().threads_per_core, net_env)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    print(said)
     print("env: " + " ".join(f"{k}={v}" for k, v in sorted(extra.items())))
     print("command: " + shlex.join(cmd), flush=True)
     if args.dry_run:
