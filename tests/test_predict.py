@@ -124,6 +124,14 @@ def test_export_refuses_a_file_as_its_folder_and_counts_versions_up(model_dir, t
     with pytest.raises(UsageError, match="--precision=fp16"):
         export.export(str(model_dir), str(tmp_path / "e"), "fp16")
     assert export.next_version(str(tmp_path / "e")) == 1
+    # Another precision needs the run's flags to rebuild the model: without them, a refusal,
+    # nothing written and the process's policy as it was.
+    bare = _copy(model_dir, tmp_path / "bare", without=("metrics.json",))
+    with pytest.raises(UsageError, match="no metrics.json flags to rebuild the model at "
+                                         "--precision=bf16"):
+        export.export(str(bare), str(tmp_path / "b"), "bf16")
+    assert not (tmp_path / "b").exists()
+    assert tf.keras.mixed_precision.global_policy().name == "float32"
     (tmp_path / "e" / "3").mkdir(parents=True)
     (tmp_path / "e" / "notes").mkdir()
     assert export.next_version(str(tmp_path / "e")) == 4

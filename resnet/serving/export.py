@@ -36,11 +36,11 @@ def _at_precision(trained: trained_lib.Trained, precision: str):
     """The trained model, computing in `precision`: rebuilt from the run's settings under that
     policy with the trained weights (the same architecture, so the same weights in order)."""
     import tensorflow as tf
-    model_lib.set_precision(precision, warn=True)
-    if not trained.settings:
+    if not trained.settings:  # refused before the policy changes: nothing of it stays behind
         raise UsageError(f"--model_dir={trained.model_dir}: no metrics.json flags to rebuild the "
                          f"model at --precision={precision}; export it at the precision it "
                          "trained at")
+    model_lib.set_precision(precision, warn=True)
     model = model_lib.from_config(trained.settings, len(trained.class_names),
                                   lambda _: trained.side, weights="none")
     model.set_weights(trained.model.get_weights())
