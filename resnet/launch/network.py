@@ -5,8 +5,8 @@ the other hosts cannot reach (a management network, a docker bridge, an unplugge
 port's IPoIB address) makes the others try to connect to it, and the job hangs in its first
 collective with nothing said. So the launch plan asks every host for its IPv4 interfaces (over
 ssh, each with a time limit: an unreachable host is an error at once, not a hang), keeps the
-networks every host has its own address in and can be reached through, and passes them to both: Open MPI's
-btl_tcp_if_include and oob_tcp_if_include (as the network, which works whatever the interface
+networks every host has its own address in and can be reached through, and passes them to both:
+Open MPI's btl_tcp_if_include and oob_tcp_if_include (as the network, whatever the interface
 is called on each host) and Horovod's --network-interfaces / HOROVOD_GLOO_IFACE (by name, which
 must then be the same on every host). --network-interfaces names them instead.
 
