@@ -79,7 +79,7 @@ def main():
             seconds[setting].append(time.perf_counter() - start)
     rates = {s: [a.batch_size / t for t in v] for s, v in seconds.items()}
     key = conv_forms.machine_key(tf.keras.mixed_precision.global_policy().compute_dtype)
-    cache = _cached_timings().get(key, {})
+    cache = conv_forms.read_cache().get(key, {})
     m = machine()
     result = {"machine": m, "args": vars(a), "threads": [intra, inter], "cache_key": key,
               "images_per_second": rates, "forms": {s: len(f) for s, (_, f) in steps.items()},
@@ -105,14 +105,6 @@ def main():
             wins = t["matmul"] < t["conv"] * (1 - conv_forms.MARGIN)
             print(f"| {shape} | {t['conv'] * 1e3:.1f} | {t['matmul'] * 1e3:.1f} | "
                   f"{t['conv'] / t['matmul']:.2f} | {'matmul' if wins else 'conv'} |")
-
-
-def _cached_timings() -> dict:
-    try:
-        with open(conv_forms.cache_path()) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
 
 
 if __name__ == "__main__":

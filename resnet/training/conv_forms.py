@@ -190,6 +190,17 @@ def cache_path() -> str:
     return os.path.join(root, "resnet-horovod", "conv_forms.json")
 
 
+def read_cache() -> dict:
+    """Every machine key's timings; {} when the file is missing, unreadable or corrupt (then
+    measured again)."""
+    try:
+        with open(cache_path()) as f:
+            entries = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
 def machine_key(dtype) -> str:
     """What a timing depends on besides the shape: the CPU, TensorFlow (its oneDNN), the compute
     type and this process's threads."""
@@ -217,13 +228,7 @@ class _Cache:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.lock = open(self.path + ".lock", "a")
         fcntl.flock(self.lock, fcntl.LOCK_EX)
-        try:
-            with open(self.path) as f:
-                self.entries = json.load(f)
-            if not isinstance(self.entries, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError):
-            self.entries = {}
+        self.entries = read_cache()
         return self
 
     def get(self, shape: Shape):
