@@ -3,15 +3,17 @@
   .venv/bin/python -m benchmarks.profile                       # the defaults' recipe
   .venv/bin/python -m benchmarks.profile --image_size=224 --train_from=conv1 --batch_size=16
   .venv/bin/python -m benchmarks.profile --conv_forms=conv     # any train_dist.py flag
-  horovodrun -np 2 .venv/bin/python -m benchmarks.profile      # the allreduce too (rank 0's view)
+  horovodrun -np 2 .venv/bin/python -m benchmarks.profile      # 2 ranks (rank 0's view)
 
 Takes train_dist.py's flags (synthetic data and --weights=none unless given: the same compute),
 runs the job itself for --warmup_steps steps, then profiles --profile_steps steps with
   - ONEDNN_VERBOSE=profile_exec: every oneDNN primitive run, with its kind, propagation,
     implementation and time (ONEDNN_VERBOSE_TIMESTAMP is not needed: the steps are marked);
   - TensorFlow's profiler: every TensorFlow op's time on the compute threads, so the ops outside
-    oneDNN (casts, the optimizer, element-wise maths), Horovod's allreduce and the wait for the
-    input show beside it.
+    oneDNN (casts, the optimizer, element-wise maths) and the wait for the input show beside it.
+    Horovod's allreduce is an asynchronous op, which TF 2.21's profiler records only as
+    start and done markers without its name, so across ranks its wait is part of the time
+    outside any op (benchmarks.allreduce measures the allreduce itself).
 Prints per-step tables on rank 0 (markdown, for BENCHMARKS.md) and writes
 bench_out/profile.json. Op times are summed over threads: with --inter_op_threads above 1 ops run
 side by side and their sum can pass the wall time.
@@ -174,7 +176,7 @@ def main(argv):
             primitives = onednn_rows(f, FLAGS.profile_steps)
         ops = tf_op_times(os.path.join(work, "trace"), FLAGS.profile_steps)
     import tensorflow as tf
-    result = {"config": config.to_dict(), "ranks": ranks,
+    result = {"config": config.effective().to_dict(), "ranks": ranks,
               "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
               "step_ms": profile.seconds * 1e3, "onednn": [[*k, *v] for k, v in primitives.items()],
               "tf_ops": ops, "machine": _machine()}
