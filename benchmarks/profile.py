@@ -3,7 +3,7 @@
   .venv/bin/python -m benchmarks.profile                       # the defaults' recipe
   .venv/bin/python -m benchmarks.profile --image_size=224 --train_from=conv1 --batch_size=16
   .venv/bin/python -m benchmarks.profile --conv_forms=conv     # any train_dist.py flag
-  horovodrun -np 2 .venv/bin/python -m benchmarks.profile      # 2 ranks (rank 0's view)
+  horovodrun -np 2 .venv/bin/python -m benchmarks.profile      # the allreduce too (rank 0's view)
 
 Takes train_dist.py's flags (synthetic data and --weights=none unless given: the same compute),
 runs the job itself for --warmup_steps steps, then profiles --profile_steps steps with
@@ -11,9 +11,9 @@ runs the job itself for --warmup_steps steps, then profiles --profile_steps step
     implementation and time (ONEDNN_VERBOSE_TIMESTAMP is not needed: the steps are marked);
   - TensorFlow's profiler: every TensorFlow op's time on the compute threads, so the ops outside
     oneDNN (casts, the optimizer, element-wise maths) and the wait for the input show beside it.
-    Horovod's allreduce is an asynchronous op, which TF 2.21's profiler records only as
-    start and done markers without its name, so across ranks its wait is part of the time
-    outside any op (benchmarks.allreduce measures the allreduce itself).
+    Horovod's allreduce, an asynchronous op, counts from its start to its done: it overlaps
+    the backward pass, so its row says how long the gradients were in flight, not what the
+    step waited for (benchmarks.allreduce measures the network alone).
 Prints per-step tables on rank 0 (markdown, for BENCHMARKS.md) and writes
 bench_out/profile.json. Op times are summed over threads: with --inter_op_threads above 1 ops run
 side by side and their sum can pass the wall time.
@@ -75,8 +75,17 @@ def op_kind(op_type: str) -> str:
     return "TensorFlow op"
 
 
+def _stat(plane, stat):
+    value = stat.str_value or stat.int64_value or stat.uint64_value
+    if stat.ref_value:
+        value = plane.stat_metadata[stat.ref_value].name
+    return plane.stat_metadata[stat.metadata_id].name, value
+
+
 def tf_op_times(logdir: str, steps: int) -> dict:
-    """{op type: ms per step} on the compute threads, from the TF profiler's trace in `logdir`."""
+    """{op type: ms per step} from the TF profiler's trace in `logdir`: each op's time on the
+    compute threads, and each asynchronous op (Horovod's allreduce) from its start to its done,
+    which TF records as a pair of ExecutorState::ProcessAsync markers joined by a flow id."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
     times = collections.Counter()
     for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
@@ -84,13 +93,23 @@ def tf_op_times(logdir: str, steps: int) -> dict:
         with open(path, "rb") as f:
             space.ParseFromString(f.read())
         for plane in space.planes:
+            starts, dones = {}, {}
             for line in plane.lines:
-                if not line.name.startswith(("tf_Compute", "tf_data_iterator_get_next")):
-                    continue
+                compute = line.name.startswith(("tf_Compute", "tf_data_iterator_get_next"))
                 for event in line.events:
-                    op_type = plane.event_metadata[event.metadata_id].display_name
-                    if op_type:  # executor bookkeeping has none
-                        times[op_type] += event.duration_ps / 1e9 / steps
+                    meta = plane.event_metadata[event.metadata_id]
+                    if meta.name.startswith("ExecutorState::ProcessAsync::"):
+                        stats = dict(_stat(plane, st) for st in event.stats)
+                        begin = line.timestamp_ns * 1000 + event.offset_ps
+                        if meta.name.endswith("Start") and "_p" in stats:
+                            starts[stats["_p"]] = (begin, stats.get("kernel_type", "async op"))
+                        elif meta.name.endswith("Done") and "_c" in stats:
+                            dones[stats["_c"]] = begin + event.duration_ps
+                    elif compute and meta.display_name:  # executor bookkeeping has none
+                        times[meta.display_name] += event.duration_ps / 1e9 / steps
+            for flow, (begin, kind) in starts.items():
+                if flow in dones:
+                    times[kind] += (dones[flow] - begin) / 1e9 / steps
     return dict(times)
 
 
@@ -228,7 +247,8 @@ def report(r: dict) -> str:
             "| --- | --- | --- |"]
     out += [f"| {t} | {ms:.1f} | {pct(ms)} |"
             for t, ms in sorted(outside, key=lambda x: -x[1])[:TOP]]
-    busy = sum(r["tf_ops"].values())
+    # The allreduce runs beside the backward pass (its span is no thread's busy time).
+    busy = sum(ms for t, ms in r["tf_ops"].items() if op_kind(t) != "allreduce")
     inter = c["inter_op_threads"] or r.get("inter_op_threads", 1)
     if busy > step:
         out += ["", f"The compute threads were busy {busy:.0f} ms per {step:.0f} ms step: with "

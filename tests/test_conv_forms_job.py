@@ -4,12 +4,13 @@ benchmarks.profile showing the matmuls where the convolutions' weight gradients 
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, job_env, run_job
+from conftest import ROOT, horovodrun, job_env, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -67,25 +68,32 @@ def test_auto_forms_on_two_ranks_rank0_times_and_models_stay_plain_keras(tmp_pat
     assert "Functional" in out.stdout or "Model" in out.stdout
 
 
-def _profile(tmp_path, forms):
+def _profile(tmp_path, forms, ranks=1):
     out = tmp_path / forms
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.profile", "--image_size=32", "--batch_size=8",
-         "--train_from=conv5", "--warmup_steps=1", "--profile_steps=2",
-         f"--conv_forms={forms}", f"--out={out}"], cwd=ROOT, env=job_env(OMP_NUM_THREADS="2"),
-        capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", "benchmarks.profile", "--image_size=32", "--batch_size=8",
+           "--train_from=conv5", "--warmup_steps=1", "--profile_steps=2",
+           f"--conv_forms={forms}", f"--out={out}"]
+    if ranks > 1:
+        cmd = horovodrun(ranks) + cmd
+    proc = subprocess.run(cmd, cwd=ROOT, env=job_env(OMP_NUM_THREADS=str(2 // ranks)),
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout, json.loads((out / "profile.json").read_text())
 
 
 def test_profile_shows_where_the_step_goes_and_what_the_forms_change(tmp_path):
-    kinds = {}
-    for forms in ("conv", "matmul"):
-        report, result = _profile(tmp_path, forms)
-        assert result["step_ms"] > 0 and "One step:" in report
-        assert "onednn_verbose" not in report  # oneDNN's lines went to the file, not the table
+    kinds, reports = {}, {}
+    for forms, ranks in (("conv", 2), ("matmul", 1)):
+        reports[forms], result = _profile(tmp_path, forms, ranks)
+        assert result["step_ms"] > 0 and "One step:" in reports[forms]
+        assert result["ranks"] == ranks
+        assert "onednn_verbose" not in reports[forms]  # oneDNN's lines went to the file
         kinds[forms] = {(kind, prop) for kind, prop, *_ in result["onednn"]}
         assert any(t.startswith("_Mkl") for t in result["tf_ops"]), result["tf_ops"]
+    # On 2 ranks the gradients' allreduce has a row of its own, from its start to its done.
+    # (horovodrun puts "[1,0]<stdout>:" before each line of rank 0's.)
+    assert re.search(r"\| allreduce \| [\d.]+ \|", reports["conv"]), reports["conv"]
+    assert "| allreduce |" not in reports["matmul"]  # 1 rank: nothing to average
     # Convolutions trained conv5's weights; as matmuls, no weight gradient is a convolution.
     assert ("convolution", "backward_weights") in kinds["conv"]
     assert ("convolution", "backward_weights") not in kinds["matmul"]
