@@ -151,6 +151,7 @@ def choose(per_host: Dict[str, Addresses], wanted: Optional[str] = None,
         nets = {a.network for _, a in usable[host]}
         shared = nets if shared is None else shared & nets
     shared = shared or set()
+    dropped = set()  # every host has them, and they are left out for a reason of their own
     for net in sorted(shared, key=str):
         owners = {}
         for host in hosts:
@@ -162,7 +163,7 @@ def choose(per_host: Dict[str, Addresses], wanted: Optional[str] = None,
             ip, hs = next(iter(twice.items()))
             left_out[f"{_name_in(usable, hosts, net)} ({net})"] = \
                 f"{' and '.join(hs)} have the same address {ip} in it"
-            shared.discard(net)
+            dropped.add(net)
         elif reachable:
             for host in hosts:
                 if is_local(host):
@@ -172,14 +173,13 @@ def choose(per_host: Dict[str, Addresses], wanted: Optional[str] = None,
                 if why:
                     left_out[f"{_name_in(usable, hosts, net)} ({net})"] = \
                         f"{host}'s {ip} is not reachable from here: {why}"
-                    shared.discard(net)
+                    dropped.add(net)
                     break
+    shared -= dropped
     for host in hosts:
         for name, a in usable[host]:
-            key = f"{name} ({a.network})"
-            if a.network not in shared and not any(k.endswith(f"({a.network})")
-                                                   for k in left_out):
-                left_out[key] = "not every host has it"
+            if a.network not in shared and a.network not in dropped:
+                left_out[f"{name} ({a.network})"] = "not every host has it"
     if not shared:
         listing = "; ".join(f"{h}: " + ", ".join(f"{n} {a}" for n, a in per_host[h]) for h in hosts)
         reasons = "".join(f"; {k}: {why}" for k, why in sorted(left_out.items()))
