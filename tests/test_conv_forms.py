@@ -122,3 +122,14 @@ def test_conv_setting_and_frozen_backbone_choose_nothing():
     model_lib.set_trainable(model, "full", "conv5")
     layers = conv_forms.trained_layers(model_lib.backbone(model))
     assert conv_forms.choose(model, layers, 2, "conv") == {}
+
+
+def test_the_profile_refuses_steps_it_cannot_profile():
+    import subprocess
+    import sys
+
+    from conftest import ROOT, job_env
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.profile", "--profile_steps=0"],
+                          cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "--profile_steps and --warmup_steps: at least 1 each" in \
+        proc.stderr, proc.stderr[-2000:]
