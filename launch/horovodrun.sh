@@ -3,12 +3,14 @@
 # per-rank oneDNN threads from the launch plan (resnet/launch/layout.py).
 #
 # Usage: launch/horovodrun.sh [-np N] [-H h1:N,h2:N | --hostfile F] [--network-interfaces NIC]
-#                             [--min-np A --max-np B --hosts-file F] [--dry_run]
+#                             [--min-np A --max-np B --hosts-file F]
+#                             [--ssh-port P] [--ssh-identity-file KEY] [--dry_run]
 #                             [-- train_dist.py flags...]
 #   launch/horovodrun.sh -np 4 -- --data_dir=/data/cifar-10-batches-py --epochs=2
 # -np counts every rank, as horovodrun's does. Several hosts: -H node1:2,node2:2 runs 2 ranks on
 # each (every host the same; -np, if given, 4); the ranks talk over the network every host has an
-# address in, or the interfaces --network-interfaces names.
+# address in, or the interfaces --network-interfaces names. --ssh-port and --ssh-identity-file
+# are horovodrun's: the plan's own ssh and probes use them too.
 # Elastic (Horovod Elastic, Gloo): between A and B ranks on the hosts listed in F (host:slots per
 # line, re-read while the job runs; launch/discover_hosts.sh); adds --elastic to train_dist.py.
 #   launch/horovodrun.sh -np 3 --min-np 2 --max-np 3 --hosts-file hosts.txt -- --epochs=2
@@ -27,6 +29,8 @@ while (($#)); do
     --max-np) plan_args+=(--max_np "$(value "$@")"); shift 2 ;;
     --hosts-file) plan_args+=(--hosts_file "$(value "$@")"); shift 2 ;;
     --network-interfaces) plan_args+=(--network_interfaces "$(value "$@")"); shift 2 ;;
+    -p|--ssh-port) plan_args+=(--ssh_port "$(value "$@")"); shift 2 ;;
+    -i|--ssh-identity-file) plan_args+=(--ssh_identity_file "$(value "$@")"); shift 2 ;;
     --dry_run) plan_args+=(--dry_run); shift ;;
     -h|--help) usage "$0"; exit 0 ;;
     --) shift; break ;;

@@ -6,7 +6,8 @@
 # Usage: launch/mpirun.sh [--ranks_per_node N] [--nodes M] [--hosts h1:N,h2:N | --hostfile F]
 #                         [--dry_run] [-- train_dist.py flags...]
 #   launch/mpirun.sh --ranks_per_node 2 --nodes 2 --hosts node1:2,node2:2 -- --epochs=2
-# Every node must see the checkout and the data at the same paths.
+# Every node must see the checkout and the data at the same paths. sshd on another port, or a
+# key of its own: set OMPI_MCA_plm_rsh_args (e.g. "-p 2222 -i ~/.ssh/cluster"), as for mpirun.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$root/launch/common.sh"

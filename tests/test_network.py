@@ -145,3 +145,66 @@ def test_under_slurm_open_mpi_is_told_to_leave_this_hosts_bridges_out():
     assert env["OMPI_MCA_btl_tcp_if_include"] == "ib0" and len(env) == 2
     # Your own Open MPI setting wins, and include with exclude would be an Open MPI error.
     assert network.open_mpi_env({"OMPI_MCA_btl_tcp_if_include": "eth0"}, run=ip)[0] == {}
+
+
+def test_open_mpis_rsh_args_and_horovods_ssh_options_reach_every_remote_command():
+    env = {"OMPI_MCA_plm_rsh_agent": "/opt/site/rsh", "OMPI_MCA_plm_rsh_args": "-p 2200 -q"}
+    assert network.remote_command("node2", env, network.Ssh(2222, "/keys/k")) == [
+        "/opt/site/rsh", "-p", "2200", "-q", "-p", "2222", "-i", "/keys/k", "node2"]
+    # The probes go to the port sshd listens on: horovodrun's, else Open MPI's, else 22.
+    assert network.ssh_port(env, network.Ssh(2222)) == 2222
+    assert network.ssh_port(env) == 2200
+    assert network.ssh_port({"OMPI_MCA_plm_rsh_agent": "ssh -p 2022 : rsh"}) == 2022
+    assert network.ssh_port({}) == 22
+    assert network.Ssh(2222, "/keys/k").horovodrun_args() == [
+        "--ssh-port", "2222", "--ssh-identity-file", "/keys/k"]
+
+
+def _ssh_like_agent(tmp_path):
+    """An agent that runs its command here the way ssh runs it on a host: the words after the
+    host joined into one string for a shell, with stdin passed on."""
+    agent = tmp_path / "agent"
+    agent.write_text('#!/bin/sh\nshift\nexec sh -c "$*"\n')
+    agent.chmod(0o755)
+    return {"OMPI_MCA_plm_rsh_agent": str(agent)}
+
+
+def test_probing_back_from_a_host_tells_an_answer_from_silence(tmp_path):
+    """The script a host runs, run for real by a shell here: a listener answers, a closed
+    port refuses (still an answer)."""
+    with socket.socket() as server, socket.socket() as closed:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        closed.bind(("127.0.0.2", 0))
+        for address, port in (("127.0.0.1", server.getsockname()[1]),
+                              ("127.0.0.2", closed.getsockname()[1])):
+            assert network.probe_back("node2", [address], port,
+                                      environ=_ssh_like_agent(tmp_path)) == {address: None}
+
+    def said(text):  # what the host's shell printed, read
+        return lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, text, "")
+    silent = "10.0.0.1 124\n10.0.0.2 1 bash: connect: No route to host bash: line 1: " \
+             "/dev/tcp/10.0.0.2/22: No route to host\n10.0.0.3 127 sh: 1: timeout: not found\n"
+    assert network.probe_back("node2", ["10.0.0.1", "10.0.0.2", "10.0.0.3"], run=said(silent)) \
+        == {"10.0.0.1": "no answer within 3 s", "10.0.0.2": "No route to host",
+            "10.0.0.3": None}
+
+
+def test_a_network_the_hosts_cannot_use_between_them_is_left_out():
+    """A login node on two fabrics reaches every host through both, but the hosts reach one
+    another through eth0 only: probed back from each host, eth1 is left out."""
+    fabric = "3: eth1    inet 10.99.0.{}/24 scope global eth1\n"
+    per_host = hosts(node1=NODE2.replace("10.77.0.2", "10.77.0.1") + fabric.format(1),
+                     node2=NODE2 + fabric.format(2), node3=NODE3_OTHER_NAME + fabric.format(3))
+    asked = []
+
+    def back(host, addresses):
+        asked.append((host, tuple(addresses)))
+        return {a: "no answer within 3 s" if a.startswith("10.99.") else None for a in addresses}
+    choice = network.choose(per_host, reachable=lambda ip: None, reachable_back=back)
+    assert choice.networks == ("10.77.0.0/24",)
+    assert "eth1 (10.99.0.0/24): node2 cannot reach node1 (10.99.0.1) through it: no answer" \
+        in choice.why
+    # Neither host is this machine: every other host probes the first, once, for every network.
+    assert sorted(asked) == [("node2", ("10.77.0.1", "10.99.0.1")),
+                             ("node3", ("10.77.0.1", "10.99.0.1"))]

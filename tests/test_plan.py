@@ -298,3 +298,18 @@ def test_launch_scripts_refuse_to_run_without_the_venv(tmp_path):
                          timeout=60)
     assert out.returncode == 2 and f"no Python at {tmp_path}/bin/python: run tools/setup.sh" \
         in out.stderr, out.stderr
+
+
+def test_horovods_ssh_options_go_to_horovodrun_and_are_checked(tmp_path):
+    key = tmp_path / "cluster_key"
+    key.write_text("")
+    out = _run("horovodrun.sh", "--dry_run", "-np", "2", "--ssh-port", "2222",
+               "--ssh-identity-file", str(key), "--", "--epochs=1")
+    assert out.returncode == 0, out.stderr
+    assert f"command: horovodrun -np 2 -H localhost:2 --ssh-port 2222 --ssh-identity-file " \
+           f"{key} " in out.stdout
+    out = _run("horovodrun.sh", "--dry_run", "-i", str(tmp_path / "missing"))
+    assert out.returncode == 2 and "--ssh-identity-file=" in out.stderr and \
+        "no such file" in out.stderr, out.stderr
+    out = _run("mpirun.sh", "--dry_run", "--ssh_port", "2222")
+    assert out.returncode == 2, out.stderr

@@ -64,6 +64,7 @@ class Where:
     hostfile: Optional[str] = None
     mpi: str = "pmix"  # srun --mpi=
     net: Optional[network.Choice] = None  # the network the hosts share (network.plan_network)
+    ssh: network.Ssh = network.Ssh()  # horovodrun's --ssh-port and --ssh-identity-file
 
 
 def _elastic(layout: NodeLayout, program, where: Where, elastic: Elastic) -> List[str]:
@@ -73,7 +74,8 @@ def _elastic(layout: NodeLayout, program, where: Where, elastic: Elastic) -> Lis
     names = elastic.network_interfaces or (where.net.names if where.net else None)
     nics = ["--network-interfaces", names] if names else []
     return (["horovodrun", "-np", str(elastic.np), "--min-np", str(elastic.min_np), "--max-np",
-             str(elastic.max_np), "--host-discovery-script", script] + nics + list(program) +
+             str(elastic.max_np), "--host-discovery-script", script] + nics +
+            where.ssh.horovodrun_args() + list(program) +
             ["--elastic"])
 
 
@@ -87,7 +89,7 @@ def _horovodrun(layout: NodeLayout, program, where: Where) -> List[str]:
     elif where.net:  # names differ between hosts: Open MPI takes the network itself
         binding += " " + " ".join(network.open_mpi_args(where.net))
     return (["horovodrun", "-np", str(layout.total_ranks)] + host_arg + nics +
-            [f"--binding-args={binding}"] + list(program))
+            where.ssh.horovodrun_args() + [f"--binding-args={binding}"] + list(program))
 
 
 def _mpirun(layout: NodeLayout, program, where: Where) -> List[str]:  # Open MPI

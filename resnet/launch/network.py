@@ -17,15 +17,22 @@ A network counts as shared only when the hosts can reach one another through it:
     and virbr0 as the usual cause of such hangs);
   - a network in which two hosts have the same address is left out, whatever its name;
   - each remaining candidate is probed: a TCP connection from this host to every other host's
-    address in it (ssh's port; a refusal is an answer too), each with a time limit.
-The remote listing starts the way Open MPI starts its daemons: through $OMPI_MCA_plm_rsh_agent
-when it is set, else ssh.
+    address in it (ssh's port; a refusal is an answer too), each with a time limit; then, over
+    the same ssh, from each other host back to this one's address in it (to the first host's
+    where this one is not a host), so that a network this host reaches but the hosts cannot
+    use between them (a login node on two fabrics, a firewall that lets only incoming
+    connections through) is left out too.
+The remote commands start the way Open MPI starts its daemons: through $OMPI_MCA_plm_rsh_agent
+when it is set, else ssh, with $OMPI_MCA_plm_rsh_args and horovodrun's --ssh-port and
+--ssh-identity-file (which Horovod hands Open MPI as plm_rsh_args); the probes go to that port.
 
 Kept free of TensorFlow, like the rest of resnet/launch/.
 """
 
+import concurrent.futures
 import dataclasses
 import errno
+import functools
 import ipaddress
 import os
 import re
@@ -46,6 +53,33 @@ VIRTUAL_BRIDGE = re.compile(r"^(docker\d*|br-[0-9a-f]{12}|virbr\d+(-nic)?|podman
                             r"lxcbr\d+|lxdbr\d+|cilium_\w+|tunl\d+)$")
 
 Addresses = List[Tuple[str, ipaddress.IPv4Interface]]  # (interface name, address/prefix)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ssh:
+    """horovodrun's own ssh options (--ssh-port, --ssh-identity-file), for every remote command
+    the plan runs and for the launcher it starts."""
+    port: Optional[int] = None
+    identity_file: Optional[str] = None
+
+    def args(self) -> List[str]:
+        return ((["-p", str(self.port)] if self.port else []) +
+                (["-i", self.identity_file] if self.identity_file else []))
+
+    def horovodrun_args(self) -> List[str]:
+        return ((["--ssh-port", str(self.port)] if self.port else []) +
+                (["--ssh-identity-file", self.identity_file] if self.identity_file else []))
+
+
+def ssh_port(environ: Mapping[str, str] = os.environ, ssh: Ssh = Ssh()) -> int:
+    """The port the hosts' sshd listens on, which the probes connect to: --ssh-port, else a
+    `-p N` in $OMPI_MCA_plm_rsh_args or the agent's own arguments, else 22."""
+    if ssh.port:
+        return ssh.port
+    words = shlex.split(environ.get("OMPI_MCA_plm_rsh_agent", "").split(":")[0]) + \
+        shlex.split(environ.get("OMPI_MCA_plm_rsh_args", ""))
+    ports = [w for prev, w in zip(words, words[1:]) if prev == "-p" and w.isdigit()]
+    return int(ports[-1]) if ports else PROBE_PORT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,23 +109,25 @@ def is_local(host: str) -> bool:
     return host in ("localhost", socket.gethostname()) or host.startswith("127.")
 
 
-def remote_command(host: str, environ: Mapping[str, str] = os.environ) -> List[str]:
+def remote_command(host: str, environ: Mapping[str, str] = os.environ,
+                   ssh: Ssh = Ssh()) -> List[str]:
     """How to run a command on `host`, as Open MPI would: $OMPI_MCA_plm_rsh_agent (its first
-    choice where it lists several, 'ssh : rsh'), else ssh. ssh gets batch mode and a connect
-    time limit; another agent is called as it is."""
+    choice where it lists several, 'ssh : rsh'), else ssh, followed by $OMPI_MCA_plm_rsh_args
+    and `ssh`'s options. ssh gets batch mode and a connect time limit; another agent is called
+    as it is."""
     agent = environ.get("OMPI_MCA_plm_rsh_agent", "").split(":")[0].strip()
     cmd = shlex.split(agent) if agent else ["ssh"]
     if os.path.basename(cmd[0]) == "ssh":
         cmd += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT_S}"]
-    return cmd + [host]
+    return cmd + shlex.split(environ.get("OMPI_MCA_plm_rsh_args", "")) + ssh.args() + [host]
 
 
 def list_addresses(host: str, run: Callable = subprocess.run,
-                   environ: Mapping[str, str] = os.environ) -> Addresses:
+                   environ: Mapping[str, str] = os.environ, ssh: Ssh = Ssh()) -> Addresses:
     """The host's IPv4 addresses: here directly, elsewhere over ssh, within SSH_TIMEOUT_S."""
     cmd = ["ip", "-o", "-4", "addr", "show"]
     if not is_local(host):
-        cmd = remote_command(host, environ) + cmd
+        cmd = remote_command(host, environ, ssh) + cmd
     try:
         out = run(cmd, capture_output=True, text=True, timeout=SSH_TIMEOUT_S + 5)
     except subprocess.TimeoutExpired:
@@ -119,11 +155,55 @@ def probe(address: str, port: int = PROBE_PORT, timeout: float = PROBE_TIMEOUT_S
             else str(e)
 
 
+# Run by each host's shell (stdin, so that no agent's quoting matters): one line per address,
+# "<address> ok", or "<address> <exit status> <what bash said>". bash's /dev/tcp connects.
+_PROBE_BACK = """for a in {addresses}; do
+  if out=$(timeout {timeout} bash -c "exec 3<>/dev/tcp/$a/{port}" 2>&1); then echo "$a ok"
+  else rc=$?; echo "$a $rc" $out; fi
+done
+"""
+
+
+def probe_back(host: str, addresses: Sequence[str], port: int = PROBE_PORT,
+               run: Callable = subprocess.run, environ: Mapping[str, str] = os.environ,
+               ssh: Ssh = Ssh()) -> Dict[str, Optional[str]]:
+    """probe() from `host` (over the remote command) to each of `addresses`: address -> None
+    where it answered (accepted or refused), else why not. A host without bash or timeout
+    cannot say, and counts as answered: the check is the cheap part of the choice, not a
+    requirement on the hosts."""
+    script = _PROBE_BACK.format(addresses=" ".join(addresses), timeout=PROBE_TIMEOUT_S,
+                                port=port)
+    try:
+        out = run(remote_command(host, environ, ssh) + ["sh", "-s"], input=script,
+                  capture_output=True, text=True,
+                  timeout=SSH_TIMEOUT_S + PROBE_TIMEOUT_S * len(addresses) + 5)
+    except subprocess.TimeoutExpired:
+        raise UsageError(f"host {host}: no answer over ssh while probing back from it; check "
+                         "that it is up and reachable from here, or leave it out of --hosts")
+    answers = {}
+    for line in out.stdout.splitlines():
+        address, _, rest = line.partition(" ")
+        status, _, said = rest.partition(" ")
+        if address not in addresses:
+            continue
+        if status == "ok" or status == "127" or "refused" in said.lower():
+            answers[address] = None  # 127: no bash or timeout there
+        elif status == "124":
+            answers[address] = f"no answer within {PROBE_TIMEOUT_S:g} s"
+        else:
+            answers[address] = said.rsplit(": ", 1)[-1].strip() or f"exit {status}"
+    return {a: answers.get(a) for a in addresses}
+
+
 def choose(per_host: Dict[str, Addresses], wanted: Optional[str] = None,
-           reachable: Optional[Callable[[str], Optional[str]]] = None) -> Choice:
+           reachable: Optional[Callable[[str], Optional[str]]] = None,
+           reachable_back: Optional[Callable[[str, List[str]], Dict[str, Optional[str]]]] = None
+           ) -> Choice:
     """The networks every host has its own address in (loopback and container bridges left
-    out) and, with `reachable` (probe), answers in from here; or the interfaces `wanted` names,
-    checked to exist on every host."""
+    out) and, with `reachable` (probe), answers in from here and, with `reachable_back`
+    (probe_back: host, addresses -> why not), from each host back to this one (the first
+    host, when this one is not a host); or the interfaces `wanted` names, checked to exist on
+    every host."""
     hosts = sorted(per_host)
     if wanted:
         names = tuple(wanted.split(","))
@@ -176,6 +256,23 @@ def choose(per_host: Dict[str, Addresses], wanted: Optional[str] = None,
                     dropped.add(net)
                     break
     shared -= dropped
+    if reachable_back and shared:
+        target = next((h for h in hosts if is_local(h)), hosts[0])
+        ips = {net: next(str(a.ip) for _, a in usable[target] if a.network == net)
+               for net in sorted(shared, key=str)}
+        others = [h for h in hosts if h != target and not is_local(h)]
+        with concurrent.futures.ThreadPoolExecutor(max(1, min(16, len(others)))) as pool:
+            answers = dict(zip(others, pool.map(
+                lambda h: reachable_back(h, list(ips.values())), others)))
+        for host in others:
+            for net, ip in ips.items():
+                why = answers[host].get(ip)
+                if why and net not in dropped:
+                    where = "here" if is_local(target) else target
+                    left_out[f"{_name_in(usable, hosts, net)} ({net})"] = \
+                        f"{host} cannot reach {where} ({ip}) through it: {why}"
+                    dropped.add(net)
+        shared -= dropped
     for host in hosts:
         for name, a in usable[host]:
             if a.network not in shared and a.network not in dropped:
@@ -202,14 +299,24 @@ def _name_in(per_host: Dict[str, Addresses], hosts, net) -> str:
 
 def plan_network(hosts: Sequence[str], wanted: Optional[str] = None,
                  run: Callable = subprocess.run, reachable: Optional[Callable] = probe,
-                 environ: Mapping[str, str] = os.environ) -> Optional[Choice]:
+                 environ: Mapping[str, str] = os.environ, ssh: Ssh = Ssh()) -> Optional[Choice]:
     """The choice for these hosts, or None when every rank stays on this machine and no
-    interface was named."""
+    interface was named. `reachable`: probe (then probe_back too), or None to ask nothing
+    but each host's addresses."""
     if all(is_local(h) for h in hosts):
         return Choice(tuple(wanted.split(",")), (), "named by --network-interfaces",
                       named=True) if wanted else None
-    return choose({h: list_addresses(h, run, environ) for h in dict.fromkeys(hosts)}, wanted,
-                  reachable)
+    names = list(dict.fromkeys(hosts))
+    with concurrent.futures.ThreadPoolExecutor(min(16, len(names))) as pool:
+        listed = list(pool.map(lambda h: list_addresses(h, run, environ, ssh), names))
+    port = ssh_port(environ, ssh)
+    back = None
+    if reachable is probe:
+        reachable = functools.partial(probe, port=port)
+    if reachable is not None:
+        def back(host, addresses):
+            return probe_back(host, addresses, port, run, environ, ssh)
+    return choose(dict(zip(names, listed)), wanted, reachable, back)
 
 
 def open_mpi_env(environ: Mapping[str, str] = os.environ, wanted: Optional[str] = None,

@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--network_interfaces",
                    help="the NICs ranks talk over, e.g. eth0 (lo: one machine); default: the "
                         "network every host has an address in")
+    p.add_argument("--ssh_port", type=int, default=None,
+                   help="the hosts' sshd port (horovodrun --ssh-port): the plan's ssh and "
+                        "probes and the launcher use it")
+    p.add_argument("--ssh_identity_file", default=None,
+                   help="the key to log in with (horovodrun --ssh-identity-file)")
     p.add_argument("--dry_run", action="store_true", help="print the command and env, run nothing")
     p.add_argument("--program", default=None,
                    help="what each rank runs (default: this venv's python train_dist.py)")
@@ -100,7 +105,19 @@ def _layout(args, t: topo.Topology, hosts, elastic: Optional[Elastic]) -> layout
     return layout_lib.make(t, per_node, nodes, openmp=openmp)
 
 
-def _network(args, hosts, elastic: Optional[Elastic]) -> Optional[network.Choice]:
+def _ssh(args) -> network.Ssh:
+    if (args.ssh_port or args.ssh_identity_file) and args.launcher != "horovodrun":
+        raise UsageError("--ssh-port and --ssh-identity-file are horovodrun's; for mpirun set "
+                         "OMPI_MCA_plm_rsh_args (e.g. '-p 2222 -i ~/.ssh/cluster'), which the "
+                         "plan reads too")
+    if args.ssh_identity_file and not os.path.isfile(args.ssh_identity_file):
+        raise UsageError(f"--ssh-identity-file={args.ssh_identity_file}: no such file")
+    return network.Ssh(args.ssh_port, args.ssh_identity_file and
+                       os.path.abspath(args.ssh_identity_file))
+
+
+def _network(args, hosts, elastic: Optional[Elastic],
+             ssh: network.Ssh) -> Optional[network.Choice]:
     """The network for a multi-host launch (None on one machine, or under srun/Intel MPI,
     which choose their own fabric), decided by asking every host."""
     if args.launcher not in ("horovodrun", "mpirun"):
@@ -110,7 +127,7 @@ def _network(args, hosts, elastic: Optional[Elastic]) -> Optional[network.Choice
         # interfaces in elastic mode go as they are: its hosts may not all be up yet.
         return None
     names = [h for h, _ in elastic.hosts()] if elastic else hosts_lib.names(hosts)
-    return network.plan_network(names or ["localhost"], args.network_interfaces)
+    return network.plan_network(names or ["localhost"], args.network_interfaces, ssh=ssh)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -123,9 +140,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         layout = _layout(args, t, hosts, elastic)
         program = (shlex.split(args.program) if args.program else
                    [sys.executable, os.path.join(CHECKOUT, "train_dist.py")]) + train_args
-        net = _network(args, hosts, elastic)
+        ssh = _ssh(args)
+        net = _network(args, hosts, elastic, ssh)
         cmd = command(layout, args.launcher, program,
-                      Where(args.hosts, args.hostfile, args.mpi, net), elastic)
+                      Where(args.hosts, args.hostfile, args.mpi, net, ssh), elastic)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
