@@ -8,6 +8,7 @@ Every rank shares this machine's 2 cores with the others, so these tests prove p
 network and failures, not speed (benchmarks/allreduce.py measures the network, isolated).
 """
 
+import contextlib
 import json
 import math
 import os
@@ -135,6 +136,73 @@ def test_hosts_reached_only_through_open_mpis_agent_and_a_network_that_does_not_
         assert json.loads((model_dir / "metrics.json").read_text())["world_size"] == 2
     finally:
         _remove_dead_ends(cluster, names)
+
+
+def test_horovods_ssh_port_and_key_and_a_fabric_only_the_launcher_reaches(cluster, tmp_path,
+                                                                          image_tar):
+    """Launched from node3 (a login node) onto node1 and node2, whose sshd takes only another
+    key on another port (horovodrun --ssh-port, --ssh-identity-file): the plan must reach the
+    hosts that way, and so must horovodrun and Open MPI. eth2 is a fabric that node3 reaches
+    both hosts through (node3 holds the other end of each host's link) but that leads from
+    neither host to the other: probed back from node2, it is left out."""
+    key = tmp_path / "key2"
+    netcluster._sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
+    (tmp_path / "authorized2").write_text((tmp_path / "key2.pub").read_text())
+    # A client that offers no key of its own: the port-22 sshd takes only the cluster's key.
+    (tmp_path / "ssh_config").write_text(
+        "Host *\n  IdentitiesOnly yes\n  UserKnownHostsFile /dev/null\n"
+        "  StrictHostKeyChecking no\n  LogLevel ERROR\n  BatchMode yes\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f"#!/bin/sh\nexec /usr/bin/ssh -F {tmp_path}/ssh_config \"$@\"\n")
+    (bin_dir / "ssh").chmod(0o755)
+    env = _env(cluster)
+    env["PATH"] = os.pathsep.join([str(bin_dir)] + [p for p in env["PATH"].split(os.pathsep)
+                                                     if p != cluster.bin])
+    env["OMPI_MCA_plm_rsh_agent"] = str(bin_dir / "ssh")
+    hosts, pid_files = ["node1", "node2"], []
+    try:
+        for i, host in enumerate(hosts, 1):
+            config = tmp_path / f"sshd2-{host}.conf"
+            pid_files.append(tmp_path / f"sshd2-{host}.pid")
+            config.write_text(f"Port 2222\nHostKey {cluster.dir}/host_key\n"
+                              f"PidFile {pid_files[-1]}\n"
+                              f"AuthorizedKeysFile {tmp_path}/authorized2\n"
+                              "PermitRootLogin yes\nPasswordAuthentication no\n"
+                              "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+                              "LogLevel ERROR\nMaxStartups 100\nMaxSessions 100\n")
+            cluster.run(host, ["/usr/sbin/sshd", "-f", str(config)])
+            ns, peer = cluster.ns(host), f"s{i}"
+            netcluster._sh(["ip", "-n", ns, "link", "add", "eth2", "type", "veth", "peer", "name",
+                            peer, "netns", cluster.ns("node3")])
+            for args in ([ns, "addr", "add", f"10.66.0.{i}/24", "dev", "eth2"],
+                         [ns, "link", "set", "eth2", "up"],
+                         [cluster.ns("node3"), "addr", "add", "10.66.0.3/32", "dev", peer],
+                         [cluster.ns("node3"), "link", "set", peer, "up"],
+                         [cluster.ns("node3"), "route", "add", f"10.66.0.{i}/32", "dev", peer]):
+                netcluster._sh(["ip", "-n", *args])
+        # The premise: the key goes nowhere on port 22, and port 2222 takes it.
+        for port, code in (("22", 255), ("2222", 0)):
+            proc = cluster.run("node3", [str(bin_dir / "ssh"), "-p", port, "-i", str(key),
+                                         "node1", "true"], env=env, check=False, timeout=60)
+            assert proc.returncode == code, (port, proc.stderr)
+        model_dir = tmp_path / "m"
+        proc = cluster.run("node3", [os.path.join(ROOT, "launch", "horovodrun.sh"), "-H",
+                                     "node1:1,node2:1", "--ssh-port", "2222",
+                                     "--ssh-identity-file", str(key), "--"] +
+                           _job_flags(image_tar, model_dir, "--epochs=1"), cwd=ROOT, env=env,
+                           timeout=600)
+        log = proc.stdout + proc.stderr
+        assert _placement(log) == [("0", "node1"), ("1", "node2")], log[-3000:]
+        assert re.search(r"network: 10\.77\.0\.0/24 \(eth0\): .*eth2 \(10\.66\.0\.0/24\): "
+                         r"node2 cannot reach node1 \(10\.66\.0\.1\) through it", log), log[-3000:]
+        assert f"--ssh-port 2222 --ssh-identity-file {key}" in log
+        assert json.loads((model_dir / "metrics.json").read_text())["world_size"] == 2
+    finally:
+        for pid_file in pid_files:
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        _remove_dead_ends(cluster, hosts)
 
 
 def _dead_end_interfaces(cluster, names):
