@@ -1,6 +1,7 @@
-"""What --conv_forms buys: the job's training step with its trained convolutions as oneDNN's
-convolutions (conv), as --conv_forms=auto chooses them on this machine (auto), and all as matmuls
-(matmul), and each layer shape's timing behind auto's choice.
+"""What --conv_forms and --fold_batchnorm buy: the job's training step with its trained
+convolutions as oneDNN's convolutions (conv), as --conv_forms=auto chooses them on this machine
+(auto), and all as matmuls (matmul), each also with the frozen BatchNorm folded (+fold), and
+each layer shape's timing behind auto's choice.
 
   .venv/bin/python -m benchmarks.conv_forms                      # the defaults' recipe, 96 px
   .venv/bin/python -m benchmarks.conv_forms --image_size=128 --batch_size=32
@@ -27,13 +28,13 @@ from benchmarks.common import ROOT, use_job_threads
 from benchmarks.harness import machine
 from resnet import model as model_lib
 from resnet.config import Config
-from resnet.training import conv_forms
+from resnet.training import conv_forms, frozen
 from resnet.training.optimizer import compile_model
 
-SETTINGS = ("conv", "auto", "matmul")
+SETTINGS = "conv,auto,matmul,conv+fold,auto+fold"  # --conv_forms, and +fold: --fold_batchnorm
 
 
-def _train_steps(model, batch: int, config: Config) -> dict:
+def _train_steps(model, batch: int, config: Config, settings) -> dict:
     """setting -> (Keras train function traced in that setting, its forms)."""
     compile_model(model, config, 0.001, "full", distributed=False)
     backbone = model_lib.backbone(model)
@@ -42,10 +43,12 @@ def _train_steps(model, batch: int, config: Config) -> dict:
     images = tf.random.stateless_uniform([batch, side, side, 3], [0, 1], maxval=255)
     labels = tf.one_hot(tf.range(batch) % 10, 10)
     data = iter(tf.data.Dataset.from_tensors((images, labels, tf.ones([batch]))).repeat())
-    steps = {}
-    for setting in SETTINGS:
-        forms = conv_forms.choose(model, layers, batch, setting)
-        with conv_forms.training(backbone, forms):
+    steps, folds = {}, frozen.Folds()
+    for setting in settings:
+        form, _, fold = setting.partition("+")
+        forms = conv_forms.choose(model, layers, batch, form)
+        with conv_forms.training(backbone, forms), \
+                frozen.training(backbone, folds, fold == "fold"):
             fn = model.make_train_function(force=True)
             fn(data)  # traced here, inside the setting
         steps[setting] = (fn, forms)
@@ -60,14 +63,21 @@ def main():
     p.add_argument("--train_from", default="conv4")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--settings", default=SETTINGS,
+                   help="comma-separated: conv, auto or matmul, each optionally +fold")
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
     a = p.parse_args()
     intra, inter = use_job_threads()
     model_lib.set_precision(a.precision)
     config = Config(train_from=a.train_from, image_size=a.image_size, weights="none")
     model = model_lib.build(10, a.image_size, "none", 0)
-    steps, data, trained = _train_steps(model, a.batch_size, config)
-    seconds = {setting: [] for setting in SETTINGS}
+    settings = a.settings.split(",")
+    for s in settings:
+        form, _, fold = s.partition("+")
+        if form not in ("conv", "auto", "matmul") or fold not in ("", "fold"):
+            p.error(f"--settings: {s}: use conv, auto or matmul, each optionally +fold")
+    steps, data, trained = _train_steps(model, a.batch_size, config, settings)
+    seconds = {setting: [] for setting in settings}
     for _ in range(2):  # warm: every setting's first steps after tracing
         for fn, _ in steps.values():
             fn(data)
@@ -90,10 +100,10 @@ def main():
     print(f"{m['cpu']} ({' '.join(m['flags'])}), {m['date']}; {a.image_size} px, batch "
           f"{a.batch_size}, --train_from={a.train_from}, {a.precision}, threads {intra}x{inter}; "
           f"{a.steps} alternated steps per setting\n")
-    print("| --conv_forms | trained convolutions as matmuls | images/s, median (min-max) | "
-          "vs conv |\n| --- | --- | --- | --- |")
-    base = statistics.median(rates["conv"])
-    for s in SETTINGS:
+    print(f"| setting | trained convolutions as matmuls | images/s, median (min-max) | "
+          f"vs {settings[0]} |\n| --- | --- | --- | --- |")
+    base = statistics.median(rates[settings[0]])
+    for s in settings:
         med = statistics.median(rates[s])
         print(f"| {s} | {result['forms'][s]} of {trained} | {med:.1f} ({min(rates[s]):.1f}-"
               f"{max(rates[s]):.1f}) | {med / base:.2f} |")

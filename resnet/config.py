@@ -76,6 +76,9 @@ class Config:
     # machine ran faster (timed once per machine); conv: always convolutions; matmul: always.
     # conv until a full run shows auto's accuracy (BENCHMARKS.md, "Convolution forms").
     conv_forms: str = "conv"
+    # Fold each frozen BatchNorm into the frozen convolution before it while training (the same
+    # maths, one pass fewer per frozen feature map: resnet/training/frozen.py).
+    fold_batchnorm: bool = False
     bn_momentum: float = 0.9  # with batchnorm='train': how fast the moving statistics follow
     label_smoothing: float = 0.0
     gradient_compression: str = "none"  # 'fp16': allreduce half the bytes (Horovod Compression)

@@ -92,6 +92,10 @@ def define(flag_values=flags.FLAGS) -> None:
                   "(timed once, cached in ~/.cache/resnet-horovod); conv or matmul: always. "
                   "Weights, checkpoints and saved models are the same either way; the step's "
                   "speed-up per CPU: BENCHMARKS.md.")
+    f.DEFINE_bool("fold_batchnorm", _D.fold_batchnorm, "While training, compute each frozen "
+                  "convolution with the frozen BatchNorm after it folded in (one convolution "
+                  "and a bias, its weights once in the compute type). The same maths; weights, "
+                  "checkpoints, evaluation and saved models are unchanged.")
     f.DEFINE_float("bn_momentum", _D.bn_momentum, "Moving-average momentum with "
                    "--batchnorm=train.")
     f.DEFINE_float("label_smoothing", _D.label_smoothing, "Label smoothing for the training "

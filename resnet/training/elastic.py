@@ -32,7 +32,7 @@ from resnet.config import Config
 from resnet.data import pipeline, sharding, source
 from resnet.runtime import world as runtime
 from resnet.training import callbacks as cb
-from resnet.training import checkpoints, epoch, results
+from resnet.training import checkpoints, epoch, frozen, results
 from resnet.training.optimizer import compile_model, trackables
 from resnet.training.schedule import global_batch_size, learning_rate_at
 
@@ -163,6 +163,7 @@ def run(config: Config, first: runtime.World) -> dict:
     # Only rank 0's fields count: run() broadcasts them before the first step.
     fields = _resume(config, model, optimizer) if first.is_chief else _start_fields()
     state = _state_class()(model, optimizer, **fields)
+    folds = frozen.Folds()
     started = time.time()
     result = {}
 
@@ -178,7 +179,7 @@ def run(config: Config, first: runtime.World) -> dict:
         while state.epoch < config.epochs:
             if state.done < n:
                 state.train_logs = _fit_rest_of_epoch(state, config, world, model, train_split,
-                                                      len(class_names))
+                                                      len(class_names), folds)
                 state.commit()  # the epoch's training is safe; a failure now only re-evaluates
             test_metrics = epoch.finish(model, test_split, world, config, class_names,
                                         state.history, state.epoch, "full", state.train_logs,
@@ -198,7 +199,7 @@ def run(config: Config, first: runtime.World) -> dict:
 
 
 def _fit_rest_of_epoch(state, config: Config, world: runtime.World, model, train_split,
-                       num_classes: int) -> dict:
+                       num_classes: int, folds: frozen.Folds) -> dict:
     """Train on the examples of epoch `state.epoch` not yet done, dealt to the ranks there are."""
     n = len(train_split)
     shard = sharding.train_shard(n, config.seed, state.epoch, world.rank, world.size,
@@ -211,6 +212,7 @@ def _fit_rest_of_epoch(state, config: Config, world: runtime.World, model, train
                               lambda: state.epoch, lambda: 0)
     callbacks = cb.fit_callbacks(world, lambda: state.epoch, chief=[progress],
                                  first=[_Steps(state, config, n, world.size)])
-    fit = model.fit(ds, epochs=state.epoch + 1, initial_epoch=state.epoch, steps_per_epoch=steps,
-                    verbose=0, callbacks=callbacks)
+    with frozen.training(model_lib.backbone(model), folds, config.fold_batchnorm):
+        fit = model.fit(ds, epochs=state.epoch + 1, initial_epoch=state.epoch,
+                        steps_per_epoch=steps, verbose=0, callbacks=callbacks)
     return {k: float(v[-1]) for k, v in fit.history.items()}

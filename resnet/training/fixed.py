@@ -16,7 +16,7 @@ from resnet.data import pipeline, sharding
 from resnet.errors import Preempted
 from resnet.runtime import world as world_lib
 from resnet.training import callbacks as cb
-from resnet.training import checkpoints, conv_forms, epoch as epoch_lib
+from resnet.training import checkpoints, conv_forms, epoch as epoch_lib, frozen
 from resnet.training.optimizer import broadcast, compile_model, trackables
 from resnet.training.schedule import Schedule, learning_rate
 from resnet.training.watchdog import Watchdog
@@ -57,6 +57,7 @@ class Trainer:
         self.phase = ""
         self.observers = list(observers)  # callbacks of every fit on every rank (job.run)
         self.forms = {}  # (phase, image size) -> the layers trained as matmuls (conv_forms.py)
+        self.folds = frozen.Folds()  # the frozen layers' folded weights (frozen.py)
 
     def _where(self) -> str:
         return f"epoch {self.progress.epoch + 1}, step {self.progress.step}"
@@ -127,8 +128,11 @@ class Trainer:
                                     epoch, len(self.class_names), skip_steps=self.progress.step,
                                     image_size=self.config.image_size)
         steps_left = self.schedule.steps_per_epoch - self.progress.step
-        # The training step is traced inside: its convolutions take the chosen forms.
-        with conv_forms.training(model_lib.backbone(self.model), self.conv_forms(epoch)):
+        # The training step is traced inside: its convolutions take the chosen forms, and the
+        # frozen ones their folded BatchNorm.
+        backbone = model_lib.backbone(self.model)
+        with conv_forms.training(backbone, self.conv_forms(epoch)), \
+                frozen.training(backbone, self.folds, self.config.fold_batchnorm):
             fit = self.model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
                                  steps_per_epoch=steps_left, callbacks=self.callbacks)
         if self.stop.stopped and self.progress.step + self.stop.steps_done < self.schedule.steps_per_epoch:

@@ -1,0 +1,108 @@
+"""The frozen layers as the training step computes them: each convolution with the BatchNorm
+that follows it folded in, its weights held once in the compute type.
+
+A frozen BatchNorm (not trainable, so Keras runs it in inference mode whatever the model is
+told) is an affine map per channel, and the frozen convolution before it is linear, so
+  bn(conv(x, W) + b) = conv(x, W * s) + (b - mean) * s + beta,   s = gamma / sqrt(var + eps)
+is one convolution with a bias: the normalisation pass over every frozen feature map goes, and
+TensorFlow's remapper fuses the bias and the ReLU after it into the convolution. The folded
+kernel is computed once a phase from the layers' own weights, in the compute type (bfloat16
+under mixed_bfloat16), where Keras would cast the float32 kernel every step.
+
+As conv_forms.py, it changes only how this process's layers compute, and only while training
+steps are traced (`training()`): the model's weights, checkpoints, evaluation, export and saved
+models keep Keras's own Conv2D and BatchNormalization. The folded weights live here, not on the
+layers, so nothing of them is saved.
+"""
+
+import contextlib
+from typing import Dict, Iterator, List, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+
+def pairs(backbone: tf.keras.Model) -> List[Tuple[tf.keras.layers.Layer, tf.keras.layers.Layer]]:
+    """(convolution, BatchNorm) for each frozen Conv2D whose output only a frozen BatchNorm
+    reads, in the backbone's order (ResNet50: every convolution of a frozen stage)."""
+    found = []
+    for layer in backbone.layers:
+        # Not trainable: Keras runs it in inference mode (in the head phase every layer of the
+        # backbone is, as the backbone is not trainable).
+        if type(layer) is not tf.keras.layers.BatchNormalization or layer.trainable:
+            continue
+        if len(layer._inbound_nodes) != 1:  # called more than once: not one conv's follower
+            continue
+        conv = layer._inbound_nodes[0].inbound_layers
+        if type(conv) is not tf.keras.layers.Conv2D or conv.trainable or \
+                len(conv._inbound_nodes) != 1 or len(conv._outbound_nodes) != 1 or \
+                conv.activation not in (None, tf.keras.activations.linear) or \
+                conv.groups != 1 or conv.data_format != "channels_last" or \
+                tuple(layer.axis) not in ((3,), (-1,)):
+            continue
+        found.append((conv, layer))
+    return found
+
+
+def fold(conv, bn) -> Tuple[np.ndarray, np.ndarray]:
+    """The folded (kernel, bias) in float32 (see the module's note)."""
+    kernel = conv.kernel.numpy().astype(np.float64)
+    bias = conv.bias.numpy().astype(np.float64) if conv.use_bias else 0.0
+    gamma = bn.gamma.numpy().astype(np.float64) if bn.scale else 1.0
+    beta = bn.beta.numpy().astype(np.float64) if bn.center else 0.0
+    scale = gamma / np.sqrt(bn.moving_variance.numpy().astype(np.float64) + bn.epsilon)
+    return ((kernel * scale).astype(np.float32),
+            ((bias - bn.moving_mean.numpy()) * scale + beta).astype(np.float32))
+
+
+class Folds:
+    """The folded weights of one Trainer's layers, kept across epochs: a traced training step
+    holds on to the variables it read, so they are made once and refilled, not replaced."""
+
+    def __init__(self):
+        self.variables: Dict[str, Tuple[tf.Variable, tf.Variable]] = {}
+
+    def refill(self, conv, bn, dtype) -> Tuple[tf.Variable, tf.Variable]:
+        kernel, bias = fold(conv, bn)
+        key = f"{conv.name}/{dtype}"
+        if key not in self.variables:
+            self.variables[key] = (tf.Variable(kernel, trainable=False, dtype=dtype),
+                                   tf.Variable(bias, trainable=False, dtype=dtype))
+        else:
+            self.variables[key][0].assign(tf.cast(kernel, dtype))
+            self.variables[key][1].assign(tf.cast(bias, dtype))
+        return self.variables[key]
+
+
+def _folded_call(conv, kernel: tf.Variable, bias: tf.Variable):
+    strides, padding = list(conv.strides), conv.padding.upper()
+    dilations = list(conv.dilation_rate)
+
+    def call(inputs):
+        y = tf.nn.conv2d(inputs, kernel, strides, padding, dilations=dilations)
+        return tf.nn.bias_add(y, bias)
+    return call
+
+
+def _identity(inputs, training=None, mask=None):
+    return inputs
+
+
+@contextlib.contextmanager
+def training(backbone: tf.keras.Model, folds: Folds, enabled: bool = True) -> Iterator[int]:
+    """Within it, the frozen convolutions compute with their BatchNorm folded in (yields how
+    many): trace the training step here. Refills `folds` from the current weights on entry."""
+    found = pairs(backbone) if enabled else []
+    dtype = tf.keras.mixed_precision.global_policy().compute_dtype
+    replaced = []
+    try:
+        for conv, bn in found:
+            kernel, bias = folds.refill(conv, bn, dtype)
+            # Instance attributes shadow the classes' call; deleting them brings those back.
+            conv.call = _folded_call(conv, kernel, bias)
+            bn.call = _identity
+            replaced += [conv, bn]
+        yield len(found)
+    finally:
+        for layer in replaced:
+            del layer.call
