@@ -24,22 +24,26 @@ def _metrics(model_dir):
     return json.loads((model_dir / "metrics.json").read_text())
 
 
-def test_matmul_forms_train_as_the_convolutions_do(tmp_path):
+def test_matmul_forms_and_folded_batchnorm_train_as_the_convolutions_do(tmp_path):
     losses = {}
-    for forms in ("conv", "matmul"):
-        run_job(SMALL + [f"--model_dir={tmp_path / forms}", f"--conv_forms={forms}"])
-        losses[forms] = [(e["train_loss"], e["test_loss"]) for e in
-                         _metrics(tmp_path / forms)["history"]]
+    for name, flags in (("conv", ["--conv_forms=conv"]), ("matmul", ["--conv_forms=matmul"]),
+                        ("fold", ["--conv_forms=conv", "--fold_batchnorm"])):
+        proc = run_job(SMALL + [f"--model_dir={tmp_path / name}"] + flags)
+        # conv5 trains: conv1-conv4's 1 + 10 + 13 + 19 convolutions are frozen.
+        assert ("--fold_batchnorm: 43 frozen convolutions" in proc.stderr) == (name == "fold")
+        losses[name] = [(e["train_loss"], e["test_loss"]) for e in
+                        _metrics(tmp_path / name)["history"]]
     # The same maths in another order of additions: float32 round-off, not another model.
-    (conv,), (matmul,) = losses["conv"], losses["matmul"]
+    (conv,), (matmul,), (fold,) = losses["conv"], losses["matmul"], losses["fold"]
     assert matmul == pytest.approx(conv, rel=1e-3) and conv[0] > 0
+    assert fold == pytest.approx(conv, rel=1e-3)
 
 
-def test_auto_forms_on_two_ranks_rank0_times_and_models_stay_plain_keras(tmp_path):
+def test_auto_forms_and_folds_on_two_ranks_rank0_times_and_models_stay_plain_keras(tmp_path):
     model_dir = tmp_path / "run"
     env = job_env(XDG_CACHE_HOME=str(tmp_path / "cache"))  # nothing timed yet: rank 0 times
-    proc = run_job(SMALL + [f"--model_dir={model_dir}", "--conv_forms=auto"], np_ranks=2,
-                   env=env)
+    proc = run_job(SMALL + [f"--model_dir={model_dir}", "--conv_forms=auto", "--fold_batchnorm"],
+                   np_ranks=2, env=env)
     log = proc.stdout + proc.stderr
     assert log.count("--conv_forms=auto:") == 1, log[-3000:]  # rank 0 decided, once
     cache = json.loads((tmp_path / "cache" / "resnet-horovod" / "conv_forms.json").read_text())

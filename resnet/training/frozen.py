@@ -20,6 +20,7 @@ from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 
 def pairs(backbone: tf.keras.Model) -> List[Tuple[tf.keras.layers.Layer, tf.keras.layers.Layer]]:
@@ -102,6 +103,9 @@ def training(backbone: tf.keras.Model, folds: Folds, enabled: bool = True) -> It
             conv.call = _folded_call(conv, kernel, bias)
             bn.call = _identity
             replaced += [conv, bn]
+        if found:
+            logging.info("--fold_batchnorm: %d frozen convolutions train with their BatchNorm "
+                         "folded in (%s)", len(found), dtype)
         yield len(found)
     finally:
         for layer in replaced:
