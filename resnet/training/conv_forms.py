@@ -35,8 +35,9 @@ from resnet.runtime import topology
 # A matmul is kept only when it is this much faster than the convolution: a tie stays with
 # oneDNN's convolution, and timing noise of a few percent never flips a layer.
 MARGIN = 0.10
-# Part of the cache key: timings taken another way (an older version of measure()) are retaken.
-METHOD = "m2"
+# Part of the cache key: timings taken another way (an older version of measure() or of
+# as_matmul) are retaken.
+METHOD = "m3"
 ROUNDS, WARMUP = 7, 2  # timed calls of each form, interleaved, the median kept; untimed ones first
 
 
@@ -73,16 +74,26 @@ def eligible(layer) -> bool:
 
 
 def as_matmul(x, kernel, size: int, stride: int):
-    """Conv2D(x, kernel) with a `size`x`size` kernel as one matmul (see the module's note)."""
+    """Conv2D(x, kernel) with a `size`x`size` kernel as one matmul (see the module's note).
+
+    Slices are tf.slice, never Python's x[...] (a StridedSlice): a Slice's gradient is a Pad,
+    while StridedSliceGrad took 6% of the default recipe's step on AVX2 (BENCHMARKS.md)."""
     if size == 1:
         if stride > 1:  # 'valid' and 'same' agree for a 1x1 kernel: each s x s's top-left pixel
-            x = x[:, ::stride, ::stride, :]
+            _, height, width, channels = x.shape
+            if height and width and height % stride == 0 and width % stride == 0:
+                x = tf.reshape(x, [-1, height // stride, stride, width // stride, stride,
+                                   channels])
+                x = tf.slice(x, [0] * 6, [-1, -1, 1, -1, 1, -1])
+                x = tf.reshape(x, [-1, height // stride, width // stride, channels])
+            else:  # an odd or unknown side: the strided slice
+                x = x[:, ::stride, ::stride, :]
     else:
         pad = size // 2
         height, width = tf.shape(x)[1], tf.shape(x)[2]
         padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
         # Row-major over (dy, dx, channel), the order of kernel.reshape([size*size*C, F]).
-        x = tf.concat([padded[:, dy:dy + height, dx:dx + width, :]
+        x = tf.concat([tf.slice(padded, [0, dy, dx, 0], tf.stack([-1, height, width, -1]))
                        for dy in range(size) for dx in range(size)], axis=-1)
     filters = kernel.shape[-1]
     dims = tf.shape(x)
