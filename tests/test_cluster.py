@@ -123,17 +123,11 @@ def test_hosts_reached_only_through_open_mpis_agent_and_a_network_that_does_not_
         env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
                                       if p != cluster.bin)
         assert env["OMPI_MCA_plm_rsh_agent"].startswith(cluster.bin)
-        model_dir = tmp_path / "m"
-        proc = cluster.run("node1", [MPIRUN, "--nodes", "2", "--ranks_per_node", "1",
-                                     "--hosts", "node1:1,node2:1", "--"] +
-                           _job_flags(image_tar, model_dir, "--epochs=1"), cwd=ROOT, env=env,
-                           timeout=600)
-        log = proc.stdout + proc.stderr
-        assert _placement(log) == [("0", "node1"), ("1", "node2")], log[-3000:]
-        assert re.search(r"network: 10\.77\.0\.0/24 \(eth0\): .*eth2 \(10\.66\.0\.0/24\): "
-                         r"node2's 10\.66\.0\.2 is not reachable from here", log), log[-3000:]
+        log = _trains_on_node1_and_node2_over_eth0(
+            cluster, "node1", [MPIRUN, "--nodes", "2", "--ranks_per_node", "1", "--hosts",
+                               "node1:1,node2:1", "--"], env, tmp_path, image_tar,
+            r"node2's 10\.66\.0\.2 is not reachable from here")
         assert "docker0 (172.17.0.0/16): a container or VM bridge" in log
-        assert json.loads((model_dir / "metrics.json").read_text())["world_size"] == 2
     finally:
         _remove_dead_ends(cluster, names)
 
@@ -186,23 +180,32 @@ def test_horovods_ssh_port_and_key_and_a_fabric_only_the_launcher_reaches(cluste
             proc = cluster.run("node3", [str(bin_dir / "ssh"), "-p", port, "-i", str(key),
                                          "node1", "true"], env=env, check=False, timeout=60)
             assert proc.returncode == code, (port, proc.stderr)
-        model_dir = tmp_path / "m"
-        proc = cluster.run("node3", [os.path.join(ROOT, "launch", "horovodrun.sh"), "-H",
-                                     "node1:1,node2:1", "--ssh-port", "2222",
-                                     "--ssh-identity-file", str(key), "--"] +
-                           _job_flags(image_tar, model_dir, "--epochs=1"), cwd=ROOT, env=env,
-                           timeout=600)
-        log = proc.stdout + proc.stderr
-        assert _placement(log) == [("0", "node1"), ("1", "node2")], log[-3000:]
-        assert re.search(r"network: 10\.77\.0\.0/24 \(eth0\): .*eth2 \(10\.66\.0\.0/24\): "
-                         r"node2 cannot reach node1 \(10\.66\.0\.1\) through it", log), log[-3000:]
+        log = _trains_on_node1_and_node2_over_eth0(
+            cluster, "node3", [os.path.join(ROOT, "launch", "horovodrun.sh"), "-H",
+                               "node1:1,node2:1", "--ssh-port", "2222", "--ssh-identity-file",
+                               str(key), "--"], env, tmp_path, image_tar,
+            r"node2 cannot reach node1 \(10\.66\.0\.1\) through it")
         assert f"--ssh-port 2222 --ssh-identity-file {key}" in log
-        assert json.loads((model_dir / "metrics.json").read_text())["world_size"] == 2
     finally:
         for pid_file in pid_files:
             with contextlib.suppress(OSError, ValueError):
                 os.kill(int(pid_file.read_text()), signal.SIGTERM)
         _remove_dead_ends(cluster, hosts)
+
+
+def _trains_on_node1_and_node2_over_eth0(cluster, host, launch, env, tmp_path, image_tar,
+                                         why_eth2):
+    """Run `launch` + a one-epoch job from `host`: a rank on node1 and node2, the plan keeping
+    eth0 and leaving out eth2 for `why_eth2` (a pattern). Returns the log."""
+    model_dir = tmp_path / "m"
+    proc = cluster.run(host, launch + _job_flags(image_tar, model_dir, "--epochs=1"), cwd=ROOT,
+                       env=env, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert _placement(log) == [("0", "node1"), ("1", "node2")], log[-3000:]
+    assert re.search(r"network: 10\.77\.0\.0/24 \(eth0\): .*eth2 \(10\.66\.0\.0/24\): " +
+                     why_eth2, log), log[-3000:]
+    assert json.loads((model_dir / "metrics.json").read_text())["world_size"] == 2
+    return log
 
 
 def _dead_end_interfaces(cluster, names):
