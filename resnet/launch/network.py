@@ -76,8 +76,7 @@ def ssh_port(environ: Mapping[str, str] = os.environ, ssh: Ssh = Ssh()) -> int:
     `-p N` in $OMPI_MCA_plm_rsh_args or the agent's own arguments, else 22."""
     if ssh.port:
         return ssh.port
-    words = shlex.split(environ.get("OMPI_MCA_plm_rsh_agent", "").split(":")[0]) + \
-        shlex.split(environ.get("OMPI_MCA_plm_rsh_args", ""))
+    words = _agent(environ) + shlex.split(environ.get("OMPI_MCA_plm_rsh_args", ""))
     ports = [w for prev, w in zip(words, words[1:]) if prev == "-p" and w.isdigit()]
     return int(ports[-1]) if ports else PROBE_PORT
 
@@ -109,14 +108,18 @@ def is_local(host: str) -> bool:
     return host in ("localhost", socket.gethostname()) or host.startswith("127.")
 
 
+def _agent(environ: Mapping[str, str]) -> List[str]:
+    """$OMPI_MCA_plm_rsh_agent's first choice ('ssh : rsh' lists several), as words; [] unset."""
+    return shlex.split(environ.get("OMPI_MCA_plm_rsh_agent", "").split(":")[0])
+
+
 def remote_command(host: str, environ: Mapping[str, str] = os.environ,
                    ssh: Ssh = Ssh()) -> List[str]:
     """How to run a command on `host`, as Open MPI would: $OMPI_MCA_plm_rsh_agent (its first
     choice where it lists several, 'ssh : rsh'), else ssh, followed by $OMPI_MCA_plm_rsh_args
     and `ssh`'s options. ssh gets batch mode and a connect time limit; another agent is called
     as it is."""
-    agent = environ.get("OMPI_MCA_plm_rsh_agent", "").split(":")[0].strip()
-    cmd = shlex.split(agent) if agent else ["ssh"]
+    cmd = _agent(environ) or ["ssh"]
     if os.path.basename(cmd[0]) == "ssh":
         cmd += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT_S}"]
     return cmd + shlex.split(environ.get("OMPI_MCA_plm_rsh_args", "")) + ssh.args() + [host]
