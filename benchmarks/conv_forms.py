@@ -88,7 +88,7 @@ def main():
             float(logs["loss"])  # the step is done once its loss is read
             seconds[setting].append(time.perf_counter() - start)
     rates = {s: [a.batch_size / t for t in v] for s, v in seconds.items()}
-    key = conv_forms.machine_key(tf.keras.mixed_precision.global_policy().compute_dtype)
+    key = conv_forms.machine_key()
     cache = conv_forms.read_cache().get(key, {})
     m = machine()
     result = {"machine": m, "args": vars(a), "threads": [intra, inter], "cache_key": key,

@@ -12,7 +12,9 @@ from typing import Optional
 from resnet.errors import UsageError
 from resnet.fileio import CHECKOUT
 
-PRECISIONS = ("auto", "fp32", "bf16")
+# bf16: Keras's mixed_bfloat16; bf16_amp: TensorFlow's graph pass; bf16_fpmath: oneDNN's math
+# mode (resnet/model.py, BF16_MODES). auto: bf16 where the CPU has bf16 arithmetic, else fp32.
+PRECISIONS = ("auto", "fp32", "bf16", "bf16_amp", "bf16_fpmath")
 DATASETS = ("auto", "cifar10", "cifar100", "synthetic")
 LABEL_MODES = ("fine", "coarse")
 LOADINGS = ("auto", "memory", "stream")
@@ -74,7 +76,8 @@ class Config:
     train_from: str = "conv4"
     # auto: each trained convolution as oneDNN's convolution or as a matmul, whichever this
     # machine ran faster (timed once per machine); conv: always convolutions; matmul: always.
-    # conv until a full run shows auto's accuracy (BENCHMARKS.md, "Convolution forms").
+    # Elastic runs train Keras's convolutions: there auto is conv (effective()). conv until a
+    # full run shows auto's accuracy (BENCHMARKS.md, "Convolution forms").
     conv_forms: str = "conv"
     # Fold each frozen BatchNorm into the frozen convolution before it while training (the same
     # maths, one pass fewer per frozen feature map: resnet/training/frozen.py).
@@ -107,7 +110,8 @@ class Config:
         """The config actually run: --precision=auto becomes this CPU's, --debug shrinks data
         and batch. Every rank resolves auto on its own node: a cluster's nodes are alike (a
         mixed one should name the precision)."""
-        config = dataclasses.replace(self, precision=resolve_precision(self.precision))
+        config = dataclasses.replace(self, precision=resolve_precision(self.precision),
+                                     conv_forms=resolve_conv_forms(self.conv_forms, self.elastic))
         if not self.debug:
             return config
         return dataclasses.replace(
@@ -125,6 +129,12 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def resolve_conv_forms(conv_forms: str, elastic: bool) -> str:
+    """'auto' -> 'conv' in an elastic run: choosing would have rank 0 time layers while the others
+    wait, a collective before training that a worker joining later would wait in forever."""
+    return "conv" if elastic and conv_forms == "auto" else conv_forms
 
 
 def resolve_precision(precision: str, cpu_flags=None) -> str:
@@ -222,8 +232,8 @@ def _check_combinations(c: Config) -> None:
                 ("freeze_epochs", c.freeze_epochs, "a second optimizer mid-run"),
                 ("download", c.download, "rank 0 downloading while the others wait"),
                 ("eval_only", c.eval_only, "nothing to be elastic about"),
-                ("conv_forms", c.conv_forms != "conv", "rank 0 timing layers while the others "
-                 "wait; elastic trains Keras's convolutions")):
+                ("conv_forms=matmul", c.conv_forms == "matmul", "elastic trains Keras's "
+                 "convolutions; its auto is conv")):
             if value:
                 raise UsageError(f"--elastic does not combine with --{flag} ({why}); run that "
                                  "without --elastic")

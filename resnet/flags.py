@@ -70,8 +70,11 @@ def define(flag_values=flags.FLAGS) -> None:
     f.DEFINE_enum("precision", _D.precision, PRECISIONS, "auto: bf16 where the CPU has AMX or "
                   "AVX512-BF16, else fp32. bf16 (Keras mixed_bfloat16) trains faster than fp32 "
                   "there at the same accuracy (BENCHMARKS.md); without them it is emulated, "
-                  "many times slower, and a warning says so. With --eval_only, auto is "
-                  "the precision the checkpoint trained at.")
+                  "many times slower, and a warning says so. Two other ways to bf16, for "
+                  "comparison: bf16_amp (TensorFlow's oneDNN auto-mixed-precision graph pass) "
+                  "and bf16_fpmath (float32, oneDNN computing in bf16: "
+                  "ONEDNN_DEFAULT_FPMATH_MODE=BF16). Variables and saved models are float32 in "
+                  "all. With --eval_only, auto is the precision the checkpoint trained at.")
     f.DEFINE_integer("batch_size", _D.batch_size, "Per rank; the global batch is this x ranks.")
     f.DEFINE_integer("epochs", _D.epochs, "Epochs in all, head-only ones included.")
     f.DEFINE_integer("freeze_epochs", _D.freeze_epochs, "First train only the new head for this "
@@ -91,11 +94,12 @@ def define(flag_values=flags.FLAGS) -> None:
                   "in one matmul, whichever this machine ran faster for that layer's shape "
                   "(timed once, cached in ~/.cache/resnet-horovod); conv or matmul: always. "
                   "Weights, checkpoints and saved models are the same either way; the step's "
-                  "speed-up per CPU: BENCHMARKS.md.")
+                  "speed-up per CPU: BENCHMARKS.md. With --elastic, auto is conv.")
     f.DEFINE_bool("fold_batchnorm", _D.fold_batchnorm, "While training, compute each frozen "
                   "convolution with the frozen BatchNorm after it folded in (one convolution "
                   "and a bias, its weights once in the compute type). The same maths; weights, "
-                  "checkpoints, evaluation and saved models are unchanged.")
+                  "checkpoints, evaluation and saved models are unchanged. --nofold_batchnorm: "
+                  "Keras's BatchNorm layers as they are (the default until a full run).")
     f.DEFINE_float("bn_momentum", _D.bn_momentum, "Moving-average momentum with "
                    "--batchnorm=train.")
     f.DEFINE_float("label_smoothing", _D.label_smoothing, "Label smoothing for the training "

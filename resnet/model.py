@@ -10,6 +10,7 @@ so the saved model holds only built-in layers and plain tf.keras.models.load_mod
 """
 
 
+import os
 from typing import Callable, Mapping, Optional
 
 import numpy as np
@@ -23,23 +24,53 @@ from resnet.errors import UsageError
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications.resnet50.preprocess_input
 
 
-def bf16_warning(flags):
-    """A warning for --precision=bf16 on a CPU with these flags (topology.cpu_flags()) and no
+# --precision's three ways to compute in bfloat16, variables and saved models float32 in each:
+#   bf16         Keras's mixed_bfloat16 policy: each layer casts its inputs and weights to bf16;
+#   bf16_amp     TensorFlow's oneDNN auto-mixed-precision graph pass rewrites the traced float32
+#                graph, op by op from its allow list, to bf16 with the casts it needs;
+#   bf16_fpmath  a float32 graph; oneDNN may compute its float32 convolutions and matmuls in
+#                bf16 (ONEDNN_DEFAULT_FPMATH_MODE=BF16: read once, at its first primitive).
+BF16_MODES = ("bf16", "bf16_amp", "bf16_fpmath")
+AMP_OPTION = "auto_mixed_precision_onednn_bfloat16"
+FPMATH_ENV = "ONEDNN_DEFAULT_FPMATH_MODE"
+
+
+def bf16_warning(flags, precision: str = "bf16"):
+    """A warning for a bf16 --precision on a CPU with these flags (topology.cpu_flags()) and no
     bfloat16 arithmetic, else None (also for None: flags unknown). Emulated bf16 is many times
     slower than float32 (BENCHMARKS.md, "float32 against bf16")."""
-    if flags is None or topology.has_bf16(flags):
+    if precision not in BF16_MODES or flags is None or topology.has_bf16(flags):
         return None
-    return ("--precision=bf16 on a CPU without AMX or AVX512-BF16: oneDNN emulates bfloat16, "
-            "which trained at about a tenth of float32's speed here; use --precision=fp32")
+    if precision == "bf16_fpmath":
+        return ("--precision=bf16_fpmath on a CPU without AMX or AVX512-BF16: oneDNN has no "
+                "bfloat16 to compute in and trains in float32; use --precision=fp32")
+    return (f"--precision={precision} on a CPU without AMX or AVX512-BF16: oneDNN emulates "
+            "bfloat16, which trained at about a tenth of float32's speed here; use "
+            "--precision=fp32")
 
 
 def set_precision(precision: str, warn: bool = True) -> None:
-    """bf16 runs convolutions and matmuls in bfloat16 (AMX or AVX512-BF16), variables in fp32.
+    """The compute type of everything built and traced from here on (BF16_MODES above); before
+    the model is built, and for bf16_fpmath before oneDNN's first primitive in this process.
     `warn`: log bf16_warning for this CPU (rank 0 alone, as the job's other messages)."""
-    if warn and precision == "bf16" and (warning := bf16_warning(topology.cpu_flags())):
+    if warn and (warning := bf16_warning(topology.cpu_flags(), precision)):
         logging.warning(warning)
+    if precision == "bf16_fpmath":
+        os.environ.setdefault(FPMATH_ENV, "BF16")
+    tf.config.optimizer.set_experimental_options({AMP_OPTION: precision == "bf16_amp"})
     tf.keras.mixed_precision.set_global_policy(
         "mixed_bfloat16" if precision == "bf16" else "float32")
+
+
+def numerics() -> str:
+    """How this process computes, as a cache key part: the Keras policy's compute type, and the
+    bf16 of the graph pass or of oneDNN's fpmath mode where either is on."""
+    parts = [tf.keras.mixed_precision.global_policy().compute_dtype]
+    if tf.config.optimizer.get_experimental_options().get(AMP_OPTION):
+        parts.append("amp-bf16")
+    if os.environ.get(FPMATH_ENV, "").upper() == "BF16":
+        parts.append("fpmath-bf16")
+    return "+".join(parts)
 
 
 def _caffe_preprocess() -> tf.keras.layers.Layer:

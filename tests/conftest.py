@@ -106,6 +106,7 @@ def restored_process_state():
         signal.signal(s, h)
     import tensorflow as tf
     tf.keras.mixed_precision.set_global_policy("float32")
+    tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": False})
 
 
 @pytest.fixture()

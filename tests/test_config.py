@@ -30,7 +30,7 @@ from resnet.errors import UsageError
     (dict(commit_every_steps=0), "--commit_every_steps=0: must be a positive number"),
     (dict(elastic=True, download=True), "--elastic does not combine with --download"),
     (dict(elastic=True, eval_only=True), "--elastic does not combine with --eval_only"),
-    (dict(elastic=True, conv_forms="auto"), "--elastic does not combine with --conv_forms"),
+    (dict(elastic=True, conv_forms="matmul"), "--elastic does not combine with --conv_forms=m"),
     (dict(conv_forms="fast"), "--conv_forms=fast: use one of auto, conv, matmul"),
     (dict(start_image_size=16), "--start_image_size=16: use 32 to 512"),
     (dict(start_image_size=96, epochs=1), "with --epochs=1 there is no such epoch"),
@@ -58,6 +58,12 @@ def test_model_dir_that_is_a_file(tmp_path):
 def test_debug_shrinks_the_run():
     c = Config(debug=True, weights="none", batch_size=256).effective()
     assert (c.max_train_examples, c.max_test_examples, c.batch_size) == (256, 128, 32)
+
+
+def test_conv_forms_auto_is_conv_in_an_elastic_run():
+    assert Config(weights="none", conv_forms="auto").effective().conv_forms == "auto"
+    assert Config(weights="none", conv_forms="auto", elastic=True).effective().conv_forms == "conv"
+    assert Config(weights="none", conv_forms="matmul").effective().conv_forms == "matmul"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -51,6 +51,32 @@ def test_bf16_warns_only_on_cpus_without_bfloat16_arithmetic(tmp_path):
     assert _warning(str(tmp_path / "absent")) is None  # unknown: no guess
 
 
+def test_each_bf16_mode_warns_on_a_cpu_without_bfloat16_arithmetic(tmp_path):
+    avx2 = topology.cpu_flags(_cpuinfo(tmp_path, "fpu sse sse2 avx avx2 fma"))
+    amx = topology.cpu_flags(_cpuinfo(tmp_path, "fpu avx2 amx_bf16 amx_tile"))
+    assert "emulates bfloat16" in model.bf16_warning(avx2, "bf16_amp")
+    assert "trains in float32" in model.bf16_warning(avx2, "bf16_fpmath")
+    assert model.bf16_warning(avx2, "fp32") is None
+    assert all(model.bf16_warning(amx, p) is None for p in model.BF16_MODES)
+
+
+def test_each_precision_sets_one_way_of_computing(monkeypatch, restored_process_state):
+    """The policy, the graph pass and oneDNN's math mode: each mode turns on its own and turns
+    off the graph pass of a mode set before it (tests and export set several in one process)."""
+    monkeypatch.delenv(model.FPMATH_ENV, raising=False)
+    amp = lambda: bool(tf.config.optimizer.get_experimental_options().get(model.AMP_OPTION))
+    model.set_precision("bf16_amp", warn=False)
+    assert (model.numerics(), amp()) == ("float32+amp-bf16", True)
+    model.set_precision("bf16", warn=False)
+    assert (model.numerics(), amp()) == ("bfloat16", False)
+    model.set_precision("bf16_fpmath", warn=False)
+    assert __import__("os").environ[model.FPMATH_ENV] == "BF16"
+    assert model.numerics() == "float32+fpmath-bf16"
+    monkeypatch.delenv(model.FPMATH_ENV)
+    model.set_precision("fp32", warn=False)
+    assert (model.numerics(), amp()) == ("float32", False)
+
+
 def test_weights_that_do_not_fit_are_refused(tmp_path):
     wrong = tmp_path / "wrong.h5"
     tiny = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)])

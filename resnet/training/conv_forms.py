@@ -29,7 +29,7 @@ from typing import Dict, Iterator, List, Mapping
 import tensorflow as tf
 from absl import logging
 
-from resnet import fileio
+from resnet import fileio, model as model_lib
 from resnet.runtime import topology
 
 # A matmul is kept only when it is this much faster than the convolution: a tie stays with
@@ -182,7 +182,7 @@ def choose(model: tf.keras.Model, layers, batch: int, setting: str) -> Dict[str,
     dtype = tf.keras.mixed_precision.global_policy().compute_dtype
     started, lines = time.perf_counter(), []
     winners = {}
-    with _Cache(machine_key(dtype)) as cache:
+    with _Cache(machine_key()) as cache:
         for shape in sorted(set(by_layer.values()), key=str):
             t = cache.get(shape) or cache.put(shape, measure(shape, dtype))
             winners[shape] = t["matmul"] < t["conv"] * (1 - MARGIN)
@@ -191,7 +191,7 @@ def choose(model: tf.keras.Model, layers, batch: int, setting: str) -> Dict[str,
     forms = {name: "matmul" for name, shape in by_layer.items() if winners[shape]}
     logging.info("--conv_forms=auto: %d of %d trained convolutions as matmuls (forward + both "
                  "gradients timed on this machine, %s; %.1f s, cache %s):\n%s", len(forms),
-                 len(by_layer), dtype, time.perf_counter() - started, cache_path(),
+                 len(by_layer), model_lib.numerics(), time.perf_counter() - started, cache_path(),
                  "\n".join(lines))
     return forms
 
@@ -212,15 +212,16 @@ def read_cache() -> dict:
     return entries if isinstance(entries, dict) else {}
 
 
-def machine_key(dtype) -> str:
-    """What a timing depends on besides the shape: the CPU, TensorFlow (its oneDNN), the compute
-    type and this process's threads."""
+def machine_key() -> str:
+    """What a timing depends on besides the shape: the CPU, TensorFlow (its oneDNN), how this
+    process computes (model.numerics: the compute type, a bf16 graph pass or math mode) and its
+    threads."""
     model = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         model = next((line.split(":", 1)[1].strip() for line in f
                       if line.startswith("model name")), "")
     flags = hashlib.sha256(" ".join(sorted(topology.cpu_flags() or ())).encode()).hexdigest()[:12]
-    return (f"{model} flags:{flags} tf{tf.__version__} {dtype} {METHOD} "
+    return (f"{model} flags:{flags} tf{tf.__version__} {model_lib.numerics()} {METHOD} "
             f"intra{tf.config.threading.get_intra_op_parallelism_threads()} "
             f"inter{tf.config.threading.get_inter_op_parallelism_threads()}")
 

@@ -67,6 +67,9 @@ def _announce(requested: Config, config: Config) -> None:
         logging.info("--precision=auto: %s (%s)", config.precision,
                      "this CPU has bfloat16 arithmetic" if config.precision == "bf16"
                      else "no AMX or AVX512-BF16 on this CPU")
+    if requested.conv_forms != config.conv_forms:
+        logging.info("--conv_forms=%s: %s (an elastic run trains Keras's convolutions)",
+                     requested.conv_forms, config.conv_forms)
 
 
 def _train(config: Config, world, data, resume, observers=()) -> dict:

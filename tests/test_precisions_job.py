@@ -1,0 +1,72 @@
+"""--precision's two other bf16 modes in the real job (resnet/model.py, BF16_MODES): each shown to
+act by what TensorFlow and oneDNN themselves log, each leaving a float32 model plain Keras opens,
+and 1 and 2 ranks' evaluation identical. Their speed and accuracy against Keras's bf16 need bf16
+arithmetic: benchmarks.precisions and BENCHMARKS.md, "Which bf16"."""
+
+import json
+import re
+
+import pytest
+
+from conftest import job_env, run_job
+
+pytestmark = pytest.mark.slow
+
+# conv5 alone trains at 32 px: seconds per step even where bf16 is emulated.
+SMALL = ["--dataset=synthetic", "--max_train_examples=32", "--max_test_examples=32",
+         "--epochs=1", "--weights=none", "--image_size=32", "--train_from=conv5",
+         "--batch_size=8", "--log_every_steps=1", "--warmup_epochs=0", "--conv_forms=conv"]
+
+
+def _metrics(model_dir):
+    return json.loads((model_dir / "metrics.json").read_text())
+
+
+def test_bf16_amp_rewrites_the_traced_graph_and_two_ranks_evaluate_as_one(tmp_path):
+    model_dir = tmp_path / "m"
+    # TensorFlow's own INFO line from the pass, on every graph it rewrote.
+    env = job_env(TF_CPP_MIN_LOG_LEVEL="0")
+    proc = run_job(SMALL + [f"--model_dir={model_dir}", "--precision=bf16_amp"], np_ranks=2,
+                   env=env)
+    converted = [int(n) for n in re.findall(r"Converted (\d+)/\d+ nodes to bfloat16",
+                                            proc.stderr)]
+    assert converted and max(converted) > 50, proc.stderr[-4000:]  # the step's convolutions
+    trained = _metrics(model_dir)
+    assert trained["flags"]["precision"] == "bf16_amp"
+    evals = {}
+    for ranks in (1, 2):  # auto: the checkpoint's precision, the pass on again
+        proc = run_job(SMALL + [f"--model_dir={model_dir}", "--eval_only"],
+                       np_ranks=ranks if ranks > 1 else None, env=env)
+        assert re.search(r"Converted \d+/\d+ nodes to bfloat16", proc.stderr), proc.stderr[-3000:]
+        evals[ranks] = _metrics(model_dir)
+    assert evals[1]["confusion_matrix"] == evals[2]["confusion_matrix"]
+    assert evals[1]["test_accuracy"] == evals[2]["test_accuracy"] == trained["test_accuracy"]
+    assert evals[1]["test_loss"] == pytest.approx(evals[2]["test_loss"], rel=1e-5)
+    _plain_keras_float32(model_dir)
+
+
+def test_bf16_fpmath_reaches_every_onednn_convolution_and_matmul(tmp_path):
+    model_dir = tmp_path / "m"
+    proc = run_job(SMALL + [f"--model_dir={model_dir}", "--precision=bf16_fpmath"],
+                   env=job_env(ONEDNN_VERBOSE="1"))
+    lines = [line for line in proc.stdout.splitlines()
+             if line.startswith("onednn_verbose") and ",exec," in line and
+             (",convolution," in line or ",matmul," in line or ",inner_product," in line)]
+    assert len(lines) > 50, proc.stdout[-3000:]
+    # Set before oneDNN's first primitive of the process, or it would be ignored for all.
+    assert all("attr-fpmath:bf16" in line for line in lines), \
+        [line for line in lines if "attr-fpmath:bf16" not in line][:3]
+    assert _metrics(model_dir)["flags"]["precision"] == "bf16_fpmath"
+    _plain_keras_float32(model_dir)
+
+
+def _plain_keras_float32(model_dir):
+    import subprocess
+    import sys
+    code = ("import tensorflow as tf; m = tf.keras.models.load_model(%r); "
+            "print(sorted({v.dtype.name for v in m.weights}))" % str(model_dir / "model.keras"))
+    plain = job_env()
+    plain.pop("PYTHONPATH")
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(model_dir), env=plain,
+                         capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "['float32']", out.stdout
