@@ -121,3 +121,34 @@ def test_freeze_benchmark_refuses_unknown_stages_and_sizes(tmp_path):
     proc = _freeze_bench("--precision=bf16,fp8", f"--out={tmp_path / 'f.json'}")
     assert proc.returncode == 2 and "fp8: not a precision" in proc.stderr
     assert not (tmp_path / "f.json").exists()
+
+
+def test_precisions_table_gives_each_mode_against_fp32_and_the_ceiling_where_all_stages_train():
+    from benchmarks import precisions
+    r = {"machine": {"cpu": "Test CPU", "logical_cpus": 2, "flags": ["amx_bf16"],
+                     "tensorflow": "2.21.0", "date": "today"},
+         "steps": 12, "rounds": 2, "window_steps": 3,
+         "figures": {"recipe96 fp32": _figure(40.0), "recipe96 bf16_amp": _figure(120.0),
+                     "all224 fp32": _figure(5.0), "all224 bf16": _figure(20.0)},
+         # 20 images/s x 3 x 8 GFLOP = 480 GFLOP/s of a 2400 bf16 conv rate: 20%.
+         "ceiling": {"ceiling": {"fp32": {"conv_gflops": 300.0}, "bf16": {"conv_gflops": 2400.0}},
+                     "forward_flops": {"224": 8e9}}}
+    text = precisions.markdown(r)
+    assert "| recipe96: 96 px, batch 64, --train_from=conv4 | bf16_amp | 120.0 (108.0-132.0) " \
+           "| 3.00 | - |" in text  # conv1-conv3 frozen: the FLOPs are not 3x the forward's
+    assert "| all224: 224 px, batch 16 | bf16 | 20.0 (18.0-22.0) | 4.00 | 20% |" in text
+    assert "| all224: 224 px, batch 16 | fp32 | 5.0 (4.5-5.5) | 1.00 | 40% |" in text
+
+
+def test_precisions_refuses_what_it_cannot_measure():
+    from benchmarks import precisions
+    from resnet.config import PRECISIONS
+    with pytest.raises(SystemExit, match="--settings=recipe69: use some of recipe96, layers128"):
+        precisions._parse("recipe69", precisions.SETTINGS, "settings")
+    with pytest.raises(SystemExit, match="--precisions=fp16: use some of auto, fp32, bf16, "):
+        precisions._parse("fp16", PRECISIONS, "precisions")
+    with pytest.raises(SystemExit, match="--settings=: use some of"):
+        precisions._parse("", precisions.SETTINGS, "settings")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.precisions", "--steps=2"], cwd=ROOT,
+                          env=job_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "at least 1 round of 3 steps" in proc.stderr, proc.stderr

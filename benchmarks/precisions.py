@@ -1,0 +1,125 @@
+"""Which bf16: train_dist.py at each --precision, side by side in one run (issue 30, item 4).
+
+  .venv/bin/python -m benchmarks.precisions                       # every setting, 2 rounds
+  .venv/bin/python -m benchmarks.precisions --settings=recipe96 --precisions=fp32,bf16_amp
+
+Each measurement is its own process (a precision is a process's: Keras's global policy, the
+graph pass, oneDNN's math mode read once), one after another, never two at once. The rounds
+alternate the order of the precisions, so a slow spell of a shared machine falls on each in
+turn; each figure pools the 3-step windows of its rounds (benchmarks.harness). `% of ceiling`
+is given where every stage trains (the FLOPs are then 3x the forward pass's), against the conv
+rate of benchmarks.ceiling at fp32 for fp32 and at bf16 for the three bf16 modes.
+Raw figures: bench_out/precisions.json; the table goes to stdout for BENCHMARKS.md.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from benchmarks import harness
+from benchmarks.ceiling import TRAIN_FLOPS_PER_FORWARD
+from benchmarks.common import ROOT
+from resnet.config import PRECISIONS
+
+# name -> (image size, batch, train_dist flags on top of the harness's, every stage trains)
+SETTINGS = {
+    "recipe96": (96, 64, ["--train_from=conv4"], False),  # the default recipe, 1 rank
+    "layers128": (128, 32, ["--train_from=conv4"], False),  # its layers at 128 px
+    "all224": (224, 16, [], True),  # every stage training at ImageNet's size
+    "tiny": (32, 8, ["--train_from=conv5"], False),  # a smoke run (tests)
+}
+DEFAULT_SETTINGS = "recipe96,layers128,all224"
+DEFAULT_PRECISIONS = "fp32,bf16,bf16_amp,bf16_fpmath"
+
+
+def _parse(text: str, known, what: str) -> list:
+    names = [n for n in text.split(",") if n]
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise SystemExit(f"error: --{what}={text}: use some of {', '.join(known)}, "
+                         "comma-separated")
+    return names
+
+
+def run(settings, precisions, rounds: int, steps: int) -> dict:
+    result = {"machine": harness.machine(), "steps": steps, "rounds": rounds,
+              "window_steps": harness.WINDOW, "figures": {}}
+    for r in range(rounds):
+        order = precisions if r % 2 == 0 else precisions[::-1]
+        for name in settings:
+            size, batch, extra, _ = SETTINGS[name]
+            for precision in order:
+                print(f"bench: round {r + 1}/{rounds} {name} {precision}", file=sys.stderr,
+                      flush=True)
+                figure = harness.train_dist(size, precision, batch, steps, extra=extra)
+                key = f"{name} {precision}"
+                seen = result["figures"].get(key)
+                result["figures"][key] = figure if seen is None else harness.pool(seen, figure)
+    sizes = sorted({SETTINGS[n][0] for n in settings if SETTINGS[n][3]})
+    out = harness._run([sys.executable, "-m", "benchmarks.ceiling",
+                        f"--sizes={','.join(map(str, sizes))}"], harness._env())
+    result["ceiling"] = json.loads(out.strip().splitlines()[-1]) if out else None
+    return result
+
+
+def _pct(result, name, precision, figure) -> str:
+    size, _, _, every_stage = SETTINGS[name]
+    c = result.get("ceiling")
+    if not every_stage or not c or "median" not in figure:
+        return "-"
+    rate = c["ceiling"]["fp32" if precision == "fp32" else "bf16"]["conv_gflops"]
+    gflops = figure["median"] * TRAIN_FLOPS_PER_FORWARD * c["forward_flops"][str(size)] / 1e9
+    return f"{100 * gflops / rate:.0f}%"
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"Measured {m['date']} by `.venv/bin/python -m benchmarks.precisions` on {m['cpu']}, "
+             f"{m['logical_cpus']} logical CPUs, flags {' '.join(m['flags']) or 'none of note'}; "
+             f"TensorFlow {m['tensorflow']}. train_dist.py, 1 rank, synthetic data; images/s, "
+             f"median (min-max) of {result['window_steps']}-step windows, {result['rounds']} "
+             f"round(s) of {result['steps']} steps, the order of the precisions alternating.", "",
+             "| setting | precision | images/s | / fp32 | % of ceiling |",
+             "| --- | --- | --- | --- | --- |"]
+    for key, figure in result["figures"].items():
+        name, precision = key.split(" ")
+        size, batch, extra, _ = SETTINGS[name]
+        fp32 = result["figures"].get(f"{name} fp32", {})
+        lines.append(f"| {name}: {size} px, batch {batch}{', ' + ' '.join(extra) if extra else ''}"
+                     f" | {precision} | {harness._fmt(figure)} | {harness._ratio(figure, fp32)} | "
+                     f"{_pct(result, name, precision, figure)} |")
+    c = result.get("ceiling")
+    if c:
+        lines += ["", "Ceiling (`python -m benchmarks.ceiling`, 3x3 conv GFLOP/s): " + ", ".join(
+            f"{p} {v['conv_gflops']:.0f}" for p, v in c["ceiling"].items()) + "."]
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(prog="python -m benchmarks.precisions",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--settings", default=DEFAULT_SETTINGS, help=", ".join(SETTINGS))
+    p.add_argument("--precisions", default=DEFAULT_PRECISIONS)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
+    a = p.parse_args()
+    settings = _parse(a.settings, SETTINGS, "settings")
+    precisions = _parse(a.precisions, [x for x in PRECISIONS if x != "auto"], "precisions")
+    if a.rounds < 1 or a.steps < harness.WINDOW:
+        raise SystemExit(f"error: --rounds={a.rounds} --steps={a.steps}: at least 1 round of "
+                         f"{harness.WINDOW} steps")
+    start = time.time()
+    result = run(settings, precisions, a.rounds, a.steps)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "precisions.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(markdown(result))
+    print(f"bench: done in {(time.time() - start) / 60:.1f} min; wrote "
+          f"{a.out}/precisions.json", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
