@@ -54,12 +54,17 @@ def test_two_ranks_train_then_identical_eval_on_1_and_2_ranks(tmp_path, image_ta
     common = [f"--data_dir={image_tar}", f"--model_dir={model_dir}", "--image_size=32",
               "--batch_size=8", "--log_every_steps=1"]
     # Through the launch script: each rank bound to its own core, one thread each.
-    proc = run_job(common + [f"--weights={_weights()}", "--epochs=1", "--learning_rate=0.001"],
+    proc = run_job(common + [f"--weights={_weights()}", "--epochs=1", "--learning_rate=0.001",
+                             "--conv_forms=auto", "--fold_batchnorm"],
                    launch=["horovodrun.sh", "-np", "2"])
     table = _placement(proc.stderr)
     assert [(r[0], r[2], r[3], r[4]) for r in table] == [("0", "0", "1", "1"), ("1", "1", "1", "1")]
     assert table[0][5] != table[1][5]  # different cores
     assert "WARNING: ranks" not in proc.stderr
+    # conv4-conv5 trained through --conv_forms=auto (rank 0 chose, once), the frozen stages with
+    # their BatchNorm folded in; evaluation below is Keras's own layers whatever trained.
+    assert proc.stderr.count("--conv_forms=auto:") == 1, proc.stderr[-3000:]
+    assert "--fold_batchnorm: 24 frozen convolutions" in proc.stderr, proc.stderr[-3000:]
     trained = json.load(open(os.path.join(model_dir, "metrics.json")))
     assert trained["world_size"] == 2 and trained["global_batch_size"] == 16
     assert trained["steps_per_epoch"] == 5  # ceil(80 / 16)
