@@ -1,7 +1,8 @@
 """What --conv_forms and --fold_batchnorm buy: the job's training step with its trained
 convolutions as oneDNN's convolutions (conv), as --conv_forms=auto chooses them on this machine
 (auto), and all as matmuls (matmul), each also with the frozen BatchNorm folded (+fold), and
-each layer shape's timing behind auto's choice.
+each layer shape's timing behind auto's choice; +keras_sgd: Keras's own SGD update
+instead of the job's fused one (resnet/training/optimizer.py).
 
   .venv/bin/python -m benchmarks.conv_forms                      # the defaults' recipe, 96 px
   .venv/bin/python -m benchmarks.conv_forms --image_size=128 --batch_size=32
@@ -43,14 +44,18 @@ def _train_steps(model, batch: int, config: Config, settings) -> dict:
     images = tf.random.stateless_uniform([batch, side, side, 3], [0, 1], maxval=255)
     labels = tf.one_hot(tf.range(batch) % 10, 10)
     data = iter(tf.data.Dataset.from_tensors((images, labels, tf.ones([batch]))).repeat())
-    steps, folds = {}, frozen.Folds()
+    steps, folds, fused = {}, frozen.Folds(), model.optimizer
     for setting in settings:
-        form, _, fold = setting.partition("+")
+        form, *extras = setting.split("+")
         forms = conv_forms.choose(model, layers, batch, form)
+        if "keras_sgd" in extras:  # Keras's own SGD update on the same weights (optimizer.py)
+            model.optimizer = tf.keras.optimizers.SGD(0.001, momentum=config.momentum)
+            model.optimizer.build(model.trainable_variables)
         with conv_forms.training(backbone, forms), \
-                frozen.training(backbone, folds, fold == "fold"):
+                frozen.training(backbone, folds, "fold" in extras):
             fn = model.make_train_function(force=True)
             fn(data)  # traced here, inside the setting
+        model.optimizer = fused
         steps[setting] = (fn, forms)
     return steps, data, len(layers)
 
@@ -64,7 +69,8 @@ def main():
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--settings", default=SETTINGS,
-                   help="comma-separated: conv, auto or matmul, each optionally +fold")
+                   help="comma-separated: conv, auto or matmul, each optionally +fold "
+                   "(--fold_batchnorm) and +keras_sgd (Keras's SGD update, not the job's)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
     a = p.parse_args()
     intra, inter = use_job_threads()
@@ -73,9 +79,10 @@ def main():
     model = model_lib.build(10, a.image_size, "none", 0)
     settings = a.settings.split(",")
     for s in settings:
-        form, _, fold = s.partition("+")
-        if form not in ("conv", "auto", "matmul") or fold not in ("", "fold"):
-            p.error(f"--settings: {s}: use conv, auto or matmul, each optionally +fold")
+        form, *extras = s.split("+")
+        if form not in ("conv", "auto", "matmul") or set(extras) - {"fold", "keras_sgd"}:
+            p.error(f"--settings: {s}: use conv, auto or matmul, each optionally +fold and "
+                    "+keras_sgd")
     steps, data, trained = _train_steps(model, a.batch_size, config, settings)
     seconds = {setting: [] for setting in settings}
     for _ in range(2):  # warm: every setting's first steps after tracing

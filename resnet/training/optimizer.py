@@ -7,10 +7,27 @@ from resnet import model as model_lib
 from resnet.config import Config
 
 
+class SGD(tf.keras.optimizers.SGD):
+    """Keras's SGD, its dense momentum update as one kernel per variable. Keras writes it as
+    `m = -g * lr + m * momentum; v += m`: five element-wise ops, each a pass over every trained
+    weight (the Neg and Mul of the step profile, BENCHMARKS.md). ResourceApplyKerasMomentum is
+    the same maths (`m = m * momentum - g * lr; v += m`) in one pass. Same slots, so the same
+    checkpoints; sparse or Nesterov updates, or no momentum, stay Keras's."""
+
+    def update_step(self, gradient, variable):
+        if isinstance(gradient, tf.IndexedSlices) or self.nesterov or not self.momentum:
+            return super().update_step(gradient, variable)
+        m = self.momentums[self._index_dict[self._var_key(variable)]]
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=variable.handle, accum=m.handle, lr=tf.cast(self.learning_rate, variable.dtype),
+            grad=gradient, momentum=tf.cast(self.momentum, variable.dtype), use_locking=False,
+            use_nesterov=False)
+
+
 def make_optimizer(config: Config, rate, distributed: bool = True):
     """SGD at `rate`; with `distributed`, wrapped to average gradients over the ranks."""
     import horovod.tensorflow.keras as hvd
-    optimizer = tf.keras.optimizers.SGD(rate, momentum=config.momentum)
+    optimizer = SGD(rate, momentum=config.momentum)
     if not distributed:
         return optimizer
     # Horovod: average gradients over ranks with allreduce before they are applied; fp16
