@@ -73,16 +73,16 @@ def main():
                    "(--fold_batchnorm) and +keras_sgd (Keras's SGD update, not the job's)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
     a = p.parse_args()
-    intra, inter = use_job_threads()
-    model_lib.set_precision(a.precision)
-    config = Config(train_from=a.train_from, image_size=a.image_size, weights="none")
-    model = model_lib.build(10, a.image_size, "none", 0)
     settings = a.settings.split(",")
-    for s in settings:
+    for s in settings:  # before anything is built: a typo costs no model
         form, *extras = s.split("+")
         if form not in ("conv", "auto", "matmul") or set(extras) - {"fold", "keras_sgd"}:
             p.error(f"--settings: {s}: use conv, auto or matmul, each optionally +fold and "
                     "+keras_sgd")
+    intra, inter = use_job_threads()
+    model_lib.set_precision(a.precision)
+    config = Config(train_from=a.train_from, image_size=a.image_size, weights="none")
+    model = model_lib.build(10, a.image_size, "none", 0)
     steps, data, trained = _train_steps(model, a.batch_size, config, settings)
     seconds = {setting: [] for setting in settings}
     for _ in range(2):  # warm: every setting's first steps after tracing

@@ -133,3 +133,17 @@ def test_the_profile_refuses_steps_it_cannot_profile():
                           cwd=ROOT, env=job_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "--profile_steps and --warmup_steps: at least 1 each" in \
         proc.stderr, proc.stderr[-2000:]
+
+
+def test_the_forms_benchmark_refuses_a_setting_it_does_not_know_before_building_anything():
+    import subprocess
+    import sys
+
+    from conftest import ROOT, job_env
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.conv_forms",
+                           "--settings=auto+fold,conv+flod"], cwd=ROOT, env=job_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--settings: conv+flod: use conv, auto or matmul, each optionally +fold and " \
+           "+keras_sgd" in proc.stderr
+    assert "conv_forms=auto" not in proc.stderr  # nothing was timed or built

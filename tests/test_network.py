@@ -190,6 +190,16 @@ def test_probing_back_from_a_host_tells_an_answer_from_silence(tmp_path):
             "10.0.0.3": None}
 
 
+def test_a_host_that_stops_answering_before_its_probe_back_is_named():
+    """Listed a moment ago, silent now (down, or its link cut): the plan stops with its name
+    instead of waiting on its ssh for ever."""
+    def silent(cmd, timeout, **kw):
+        raise subprocess.TimeoutExpired(cmd, timeout)
+    with pytest.raises(UsageError, match="host node2: no answer over ssh while probing back "
+                                         "from it; check that it is up"):
+        network.probe_back("node2", ["10.0.0.1"], run=silent)
+
+
 def test_a_network_the_hosts_cannot_use_between_them_is_left_out():
     """A login node on two fabrics reaches every host through both, but the hosts reach one
     another through eth0 only: probed back from each host, eth1 is left out."""

@@ -26,8 +26,7 @@ def test_bf16_amp_rewrites_the_traced_graph_and_two_ranks_evaluate_as_one(tmp_pa
     model_dir = tmp_path / "m"
     # TensorFlow's own INFO line from the pass, on every graph it rewrote.
     env = job_env(TF_CPP_MIN_LOG_LEVEL="0")
-    proc = run_job(SMALL + [f"--model_dir={model_dir}", "--precision=bf16_amp"], np_ranks=2,
-                   env=env)
+    proc = run_job(SMALL + [f"--model_dir={model_dir}", "--precision=bf16_amp"], env=env)
     converted = [int(n) for n in re.findall(r"Converted (\d+)/\d+ nodes to bfloat16",
                                             proc.stderr)]
     assert converted and max(converted) > 50, proc.stderr[-4000:]  # the step's convolutions
