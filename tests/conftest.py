@@ -14,6 +14,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cifar_files  # noqa: E402
 import resnet  # noqa: E402,F401  (TF_USE_LEGACY_KERAS=1 for every test and every job it starts)
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tier first, the fast one last (each in file order): under pytest-xdist the last
+    tests each worker takes are then seconds long, so both workers finish together instead of
+    one idling while the other runs a slow test it took last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 SHARED_WEIGHTS = os.path.join(SHARED, "weights",
                               "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
