@@ -51,6 +51,18 @@ def job_env(**extra):
     return env
 
 
+def plain_keras(model_file, expr):
+    """Load model_file in a fresh process that never imports resnet (only TensorFlow and the
+    Keras it selects) and return what `expr` of the loaded model `m` prints."""
+    code = ("import tensorflow as tf; m = tf.keras.models.load_model(%r); print(%s)"
+            % (str(model_file), expr))
+    env = job_env()
+    env.pop("PYTHONPATH")
+    out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(str(model_file)),
+                         env=env, capture_output=True, text=True, timeout=300, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
 def run_job(args, np_ranks=None, timeout=900, env=None, check=True, launch=None):
     """Run train_dist.py for real: plain python, under horovodrun -np N, or through a launch/
     script (`launch=["horovodrun.sh", "-np", "2"]`)."""

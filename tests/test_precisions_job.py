@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import job_env, run_job
+from conftest import job_env, plain_keras, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -60,12 +60,5 @@ def test_bf16_fpmath_reaches_every_onednn_convolution_and_matmul(tmp_path):
 
 
 def _plain_keras_float32(model_dir):
-    import subprocess
-    import sys
-    code = ("import tensorflow as tf; m = tf.keras.models.load_model(%r); "
-            "print(sorted({v.dtype.name for v in m.weights}))" % str(model_dir / "model.keras"))
-    plain = job_env()
-    plain.pop("PYTHONPATH")
-    out = subprocess.run([sys.executable, "-c", code], cwd=str(model_dir), env=plain,
-                         capture_output=True, text=True, timeout=300, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "['float32']", out.stdout
+    dtypes = plain_keras(model_dir / "model.keras", "sorted({v.dtype.name for v in m.weights})")
+    assert dtypes == "['float32']", dtypes
