@@ -3,7 +3,6 @@ chosen by timing, the same training as with convolutions, a model plain Keras op
 benchmarks.profile showing the matmuls where the convolutions' weight gradients were."""
 
 import json
-import os
 import re
 import subprocess
 import sys
