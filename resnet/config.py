@@ -76,12 +76,12 @@ class Config:
     train_from: str = "conv4"
     # auto: each trained convolution as oneDNN's convolution or as a matmul, whichever this
     # machine ran faster (timed once per machine); conv: always convolutions; matmul: always.
-    # Elastic runs train Keras's convolutions: there auto is conv (effective()). conv until a
-    # full run shows auto's accuracy (BENCHMARKS.md, "Convolution forms").
-    conv_forms: str = "conv"
+    # Elastic runs train Keras's convolutions: there auto is conv (effective()). auto with the
+    # fold below kept the recipe's accuracy in a full run (BENCHMARKS.md, Accuracy).
+    conv_forms: str = "auto"
     # Fold each frozen BatchNorm into the frozen convolution before it while training (the same
     # maths, one pass fewer per frozen feature map: resnet/training/frozen.py).
-    fold_batchnorm: bool = False
+    fold_batchnorm: bool = True
     bn_momentum: float = 0.9  # with batchnorm='train': how fast the moving statistics follow
     label_smoothing: float = 0.0
     gradient_compression: str = "none"  # 'fp16': allreduce half the bytes (Horovod Compression)
