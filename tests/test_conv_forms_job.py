@@ -89,6 +89,7 @@ def test_profile_shows_where_the_step_goes_and_what_the_forms_change(tmp_path):
     # Convolutions trained conv5's weights; as matmuls, no weight gradient is a convolution.
     assert ("convolution", "backward_weights") in kinds["conv"]
     assert ("convolution", "backward_weights") not in kinds["matmul"]
-    # oneDNN names a matmul by the API TensorFlow called: gemm_api (AVX2), matmul (AVX-512).
+    # The matmul form's oneDNN primitive: gemm_api in the fp32 runs on AVX2, matmul in the
+    # bf16 runs (auto's precision) on AVX512-BF16; either is a matmul, not a convolution.
     assert kinds["matmul"] & {("gemm_api", "undef"), ("matmul", "undef")}, kinds["matmul"]
     assert ("convolution", "forward_training") in kinds["matmul"]  # the frozen stages' remain
