@@ -1,7 +1,7 @@
 # The two commands (README): each sets up what is missing first.
-#   make train [NP=2] [ARGS="--epochs=1 ..."]   train on CIFAR-10 with horovodrun
+#   make train [NP=N] [ARGS="--epochs=1 ..."]   train on CIFAR-10 with horovodrun
 #   make test [ARGS='-m "not slow"']             the whole test suite (or its fast tier)
-NP ?= 2
+NP ?=
 ARGS ?=
 
 .PHONY: setup train test
