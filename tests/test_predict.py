@@ -135,3 +135,14 @@ def test_export_refuses_a_file_as_its_folder_and_counts_versions_up(model_dir, t
     (tmp_path / "e" / "3").mkdir(parents=True)
     (tmp_path / "e" / "notes").mkdir()
     assert export.next_version(str(tmp_path / "e")) == 4
+
+
+@pytest.mark.parametrize("side", [32, 20, 47])
+def test_serving_image_for_a_resizing_model_is_the_antialiased_resize_to_the_bit(side):
+    # The shortcut for images already at the input size must give what the resize gives.
+    from resnet.data.images import serving_image
+    image = tf.constant(np.random.RandomState(side).randint(0, 256, (side, side, 3)), tf.uint8)
+    got = serving_image(image, 32, True, 32)
+    want = tf.image.resize(tf.cast(image, tf.float32), (32, 32), antialias=True)
+    assert got.shape == (32, 32, 3) and got.dtype == tf.float32
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
