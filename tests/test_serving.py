@@ -155,3 +155,26 @@ def test_csv_to_stdout_and_bad_images_refused_or_skipped(trained, tmp_path):
     rows = list(csv.reader(io.StringIO(proc.stdout)))
     assert [r[0] for r in rows[1:]] == [str(folder / n) for n in ("0.jpg", "2.jpg")] + \
         [str(folder / "sub" / n) for n in ("1.jpg", "3.jpg")]
+
+
+def test_export_accuracy_benchmark_scores_fp32_as_eval_only_and_bf16_beside_it(trained,
+                                                                              real_archive,
+                                                                              tmp_path):
+    model_dir, evaluated = trained
+    out = str(tmp_path / "export_accuracy.json")
+    exports = os.path.join(model_dir, "export")
+    before = sorted(os.listdir(exports)) if os.path.isdir(exports) else []
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.export_accuracy",
+                           f"--model_dir={model_dir}", f"--data_dir={real_archive}",
+                           f"--out={out}"], cwd=ROOT, env=job_env(), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.load(open(out))
+    assert got["images"] == evaluated["test_examples"] == 100
+    assert got["fp32"]["accuracy"] == pytest.approx(evaluated["test_accuracy"], abs=1e-9)
+    # bf16 rounds differently; what the benchmark reports must be what it measured.
+    assert got["accuracy_points_bf16_minus_fp32"] == pytest.approx(
+        100 * (got["bf16"]["accuracy"] - got["fp32"]["accuracy"]), abs=1e-4)
+    assert 0 <= got["top_class_differs"] <= 100 and 0 < got["max_probability_difference"] < 1
+    # Its exports went to a temporary base path, not among the run's versions.
+    assert (sorted(os.listdir(exports)) if os.path.isdir(exports) else []) == before
