@@ -56,6 +56,12 @@ def _suggest(ranks: int, sockets: int, cores: int) -> str:
     return " or ".join(str(n) for n in lower + higher)
 
 
+def default_ranks_per_node(t: topo.Topology) -> int:
+    """One rank per socket: each rank's memory stays local, and on one socket one rank on every
+    core trained as fast or faster than a rank per core on every CPU measured (BENCHMARKS.md)."""
+    return t.sockets
+
+
 def make(t: topo.Topology, ranks_per_node: int, nodes: int = 1, openmp: bool = False) -> NodeLayout:
     if ranks_per_node < 1 or nodes < 1:
         raise UsageError(f"--ranks_per_node={ranks_per_node} --nodes={nodes}: need at least 1 "

@@ -101,7 +101,7 @@ def _layout(args, t: topo.Topology, hosts, elastic: Optional[Elastic]) -> layout
             raise UsageError(f"--np {args.np} over {nodes} nodes: use a multiple of {nodes}")
         per_node = args.np // nodes
     else:
-        per_node = args.ranks_per_node or t.sockets
+        per_node = args.ranks_per_node or layout_lib.default_ranks_per_node(t)
     return layout_lib.make(t, per_node, nodes, openmp=openmp)
 
 

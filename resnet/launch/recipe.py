@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence
 
 from resnet.config import Config
 from resnet.errors import EXIT_USAGE, UsageError
+from resnet.launch.layout import default_ranks_per_node
 from resnet.runtime import topology as topo
 
 RECIPE_RANKS = 2  # the rank count Config's batch_size and learning_rate were measured at
@@ -37,7 +38,8 @@ def flags(ranks: int, config: Config = Config()) -> List[str]:
 
 
 def default_ranks(t: Optional[topo.Topology] = None) -> int:
-    return (t or topo.read()).sockets
+    """The launch plan's own default on one node (layout.default_ranks_per_node)."""
+    return default_ranks_per_node(t or topo.read())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
