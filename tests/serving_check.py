@@ -40,10 +40,15 @@ def main(saved_model: str, archive: str) -> None:
                                            by_bytes["class_name"].numpy()):
             assert names[index] == name.decode()
             confusion[label, index] += 1
+    # The op types of the signature's graph and every function it calls.
+    graph = loaded.signatures["pixels"].graph.as_graph_def()
+    ops = [n.op for n in graph.node] + [n.op for f in graph.library.function for n in f.node_def]
     print(json.dumps({"signatures": sorted(loaded.signatures), "confusion_matrix":
                       confusion.tolist(), "pixels_against_bytes": diff, "classes": names,
                       "keras": tf.keras.__name__, "resnet_loaded": "resnet" in sys.modules,
-                      "tf_keras_loaded": "tf_keras" in sys.modules}))
+                      "tf_keras_loaded": "tf_keras" in sys.modules,
+                      "batchnorm_ops": sum(op.startswith("FusedBatchNorm") for op in ops),
+                      "conv_ops": sum(op == "Conv2D" for op in ops)}))
 
 
 if __name__ == "__main__":

@@ -113,3 +113,30 @@ def test_fold_is_the_batchnorm_of_the_convolution():
     folded = tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, "SAME"), bias)
     np.testing.assert_allclose(folded.numpy(), bn(conv(x), training=False).numpy(), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_inference_folds_every_batchnorm_and_computes_the_same_outputs(restored_process_state):
+    # The training run's model as predict.py and export.py find it: stages still trainable.
+    model = _model("conv4")
+    backbone = model_lib.backbone(model)
+    x = tf.random.stateless_uniform([4, 32, 32, 3], [9, 10], maxval=255)
+    before = model(x, training=False).numpy()
+    folds = frozen.Folds()
+    fn = tf.function(lambda v: model(v, training=False))
+    with frozen.inference(model, folds) as n:
+        assert n == 53  # every convolution of ResNet50 but none of the head
+        traced = fn.get_concrete_function(x)
+    # Traced inside, the function keeps the fold after it: no normalisation left in it.
+    assert [op.type for op in traced.graph.get_operations()].count("FusedBatchNormV3") == 0
+    np.testing.assert_allclose(traced(x).numpy(), before, rtol=1e-4, atol=1e-6)
+    assert not any("call" in vars(layer) for layer in backbone.layers)
+    # Under mixed_bfloat16 the folded weights are the layers' compute type.
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    bf16 = _model("conv4")
+    bf16.set_weights(model.get_weights())
+    folds = frozen.Folds()
+    with frozen.inference(bf16, folds):
+        pass
+    assert len(folds.variables) == 53
+    assert all(k.dtype == tf.bfloat16 and b.dtype == tf.bfloat16
+               for k, b in folds.variables.values())

@@ -83,6 +83,9 @@ def test_export_loads_with_tensorflow_alone_and_scores_as_eval_only(trained, rea
     # Real CIFAR-10 test JPEGs through the shipped decoding: the job's own evaluation, exactly.
     assert got["confusion_matrix"] == evaluated["confusion_matrix"]
     assert got["pixels_against_bytes"] < 1e-6
+    # As inference computes: every BatchNorm folded into its convolution (the caffe step's too
+    # is a convolution: 53 + 1).
+    assert got["batchnorm_ops"] == 0 and got["conv_ops"] == 54
     # Versions count up, the old one untouched: TF Serving picks the newest.
     proc = _export(model_dir)
     assert proc.returncode == 0 and sorted(os.listdir(os.path.join(model_dir, "export"))) == \

@@ -9,6 +9,11 @@ The class names live in the SavedModel (a variable, and in every answer), not be
 SavedModel holds graphs and variables only: a process with nothing but TensorFlow loads it
 (tf.saved_model.load), whatever tf.keras is there, and TF Serving serves it as it is.
 
+The graph is the model as inference computes it: every BatchNorm folded into the convolution
+before it, the folded weights stored in the export's precision (resnet.training.frozen.inference;
+no normalisation pass, no cast of a weight per call). Only the variables the signatures read are
+saved.
+
 Versions count up (1, 2, ...); each is written under a temporary name and renamed whole, so TF
 Serving, which watches OUT for new numbered folders, never loads a half-written one.
 """
@@ -22,6 +27,7 @@ from resnet.data import images as images_lib
 from resnet.data.splits import SMALL_IMAGE
 from resnet.errors import UsageError
 from resnet.serving import trained as trained_lib
+from resnet.training import frozen
 
 PRECISIONS = ("fp32", "bf16")
 SIGNATURES = ("serving_default", "pixels")
@@ -55,13 +61,12 @@ def _module(trained: trained_lib.Trained, model):
     class Classifier(tf.Module):
         def __init__(self):
             super().__init__(name="resnet50_classifier")
-            self.model = model  # tracks the weights the functions below read
             self.class_names = tf.Variable(trained.class_names, trainable=False,
                                            name="class_names")
             self.input_size = tf.Variable(side, trainable=False, name="input_size")
 
         def _answer(self, pixels):
-            probs = tf.cast(self.model(pixels, training=False), tf.float32)
+            probs = tf.cast(model(pixels, training=False), tf.float32)
             index = tf.argmax(probs, axis=1)
             return {"probabilities": probs, "class_index": index,
                     "class_name": tf.gather(self.class_names, index)}
@@ -81,7 +86,12 @@ def _module(trained: trained_lib.Trained, model):
         def serve_pixels(self, images):
             return self._answer(tf.cast(images, tf.float32))
 
-    return Classifier()
+    module = Classifier()
+    traced = [module.serve_bytes.get_concrete_function(),
+              module.serve_pixels.get_concrete_function()]
+    # What the traced signatures read (the folded weights, the head): tracked, so saved.
+    module.weights = list({id(v): v for f in traced for v in f.variables}.values())
+    return module
 
 
 def export(model_dir: str, out: Optional[str] = None, precision: str = "fp32") -> str:
@@ -95,7 +105,6 @@ def export(model_dir: str, out: Optional[str] = None, precision: str = "fp32") -
     trained = trained_lib.load(model_dir)
     trained_at = trained.settings.get("precision", "fp32")
     model = trained.model if precision == trained_at else _at_precision(trained, precision)
-    module = _module(trained, model)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
@@ -104,8 +113,11 @@ def export(model_dir: str, out: Optional[str] = None, precision: str = "fp32") -
     final = os.path.join(out, str(version))
     tmp = os.path.join(out, f".tmp-{version}-{os.getpid()}")
     try:
-        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve_bytes,
-                                                     "pixels": module.serve_pixels})
+        # Traced and saved inside: saving traces the functions again (its own context).
+        with frozen.inference(model, frozen.Folds()):
+            module = _module(trained, model)
+            tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve_bytes,
+                                                         "pixels": module.serve_pixels})
         os.rename(tmp, final)
     except OSError as e:
         raise UsageError(f"--out={out}: cannot write the SavedModel ({e.strerror})") from e

@@ -6,7 +6,8 @@ whichever --model_dir names, behind one interface.
                                decoding and preparation shipped in it are the ones that run
   a training --model_dir (model.keras)  ->  the Keras model, fed images the input pipeline
                                decoded and prepared in parallel by the same rule
-                               (resnet.data.images.serving_image)
+                               (resnet.data.images.serving_image), computing as the export
+                               does: BatchNorm folded into the convolutions (frozen.inference)
 """
 
 import os
@@ -68,9 +69,14 @@ class KerasScorer(Scorer):
 
     def __init__(self, trained: trained_lib.Trained):
         import tensorflow as tf
+        from resnet.training import frozen  # TensorFlow: loaded once refusals are past
         self.class_names, self._trained = trained.class_names, trained
-        model = trained.model
-        self._predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32))
+        model, side = trained.model, trained.side
+        self._folds = frozen.Folds()  # the folded weights the traced function reads
+        predict = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
+                              input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32)])
+        with frozen.inference(model, self._folds):
+            self._predict = predict.get_concrete_function()
 
     def prepare(self, data):
         image = images_lib.tf_decode(data)
