@@ -115,6 +115,25 @@ def test_auto_times_once_per_machine_and_survives_a_corrupt_cache(tmp_path, monk
     assert isinstance(forms, dict)
 
 
+def test_auto_keeps_a_resumed_checkpoints_forms_unless_it_names_an_untrained_layer(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model = model_lib.build(10, 32, "none", 0)
+    model_lib.set_trainable(model, "full", "conv5")
+    layers = conv_forms.trained_layers(model_lib.backbone(model))
+    one = {layers[0].name: "matmul"}
+    assert conv_forms.choose(model, layers, 2, "auto", recorded=one) == one
+    assert conv_forms.choose(model, layers, 2, "auto", recorded={}) == {}
+    assert not (tmp_path / "resnet-horovod").exists()  # nothing was timed
+    # A record from a run that trained other layers (another --train_from): timed afresh.
+    forms = conv_forms.choose(model, layers, 2, "auto", recorded={"conv4_block1_1_conv": "matmul"})
+    assert (tmp_path / "resnet-horovod" / "conv_forms.json").exists()
+    assert set(forms) <= {layer.name for layer in layers}
+    # The record is auto's: the other settings mean what they say.
+    assert conv_forms.choose(model, layers, 2, "conv", recorded=one) == {}
+    assert len(conv_forms.choose(model, layers, 2, "matmul", recorded=one)) == len(layers)
+
+
 def test_conv_setting_and_frozen_backbone_choose_nothing():
     model = model_lib.build(10, 32, "none", 0)
     model_lib.set_trainable(model, "head")

@@ -4,6 +4,7 @@ benchmarks.profile showing the matmuls where the convolutions' weight gradients 
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from conftest import ROOT, horovodrun, job_env, plain_keras, run_job
 
 pytestmark = pytest.mark.slow
 
-# conv5 alone trains: 9 eligible convolutions at 1x1 pixels (32 px input), seconds per step.
+# conv5 alone trains: 10 eligible convolutions at 1x1 pixels (32 px input), seconds per step.
 # float32 on every CPU: auto would be bf16 where the CPU has it, and bf16's rounding is not the
 # float32 round-off the comparisons below allow.
 SMALL = ["--dataset=synthetic", "--max_train_examples=64", "--max_test_examples=32",
@@ -58,6 +59,44 @@ def test_auto_forms_on_two_ranks_rank0_times_once_and_models_stay_plain_keras(tm
 
     layers = plain_keras(model_dir / "model.keras", "[type(l).__name__ for l in m.layers]")
     assert "Functional" in layers or "Model" in layers, layers
+
+
+def test_a_resume_trains_with_the_forms_its_checkpoint_recorded_whatever_the_timings_say(
+        tmp_path):
+    """A requeued job can land on another CPU, whose timings choose other forms: the resumed
+    steps would then round differently from the run they continue."""
+    model_dir, cache = tmp_path / "run", tmp_path / "cache"
+    args = SMALL + ["--epochs=2", f"--model_dir={model_dir}", "--conv_forms=auto",
+                    "--keep_checkpoints=2"]
+    run_job(args, env=job_env(XDG_CACHE_HOME=str(cache)))
+    first, last = sorted((model_dir / "checkpoints").iterdir())
+    assert (first.name, last.name) == ("ckpt-0001-000000", "ckpt-0002-000000")
+    recorded = json.loads((first / "state.json").read_text())["conv_forms"]
+    assert list(recorded) == ["full@32"] and len(recorded["full@32"]) <= 10, recorded
+
+    # The machine's timings now choose otherwise (every layer a matmul, or none if that was the
+    # choice), and epoch 2's checkpoint is gone: the same command resumes after epoch 1.
+    every = len(recorded["full@32"]) == 10
+    path = cache / "resnet-horovod" / "conv_forms.json"
+    timings = json.loads(path.read_text())
+    for by_shape in timings.values():
+        for t in by_shape.values():
+            t["matmul"] = t["conv"] * (10 if every else 0.1)
+    path.write_text(json.dumps(timings))
+    shutil.rmtree(last)
+    proc = run_job(args, env=job_env(XDG_CACHE_HOME=str(cache)))
+    log = proc.stdout + proc.stderr
+    assert "epoch 2, step 0" in log, log[-3000:]
+    assert "as the checkpoint resumed recorded them" in log, log[-3000:]
+    assert "timed on this machine" not in log, log[-3000:]
+    assert json.loads((last / "state.json").read_text())["conv_forms"] == recorded
+
+    # A new run on the flipped timings chooses the other forms: the record is what held them.
+    fresh = run_job(SMALL + [f"--model_dir={tmp_path / 'fresh'}", "--conv_forms=auto"],
+                    env=job_env(XDG_CACHE_HOME=str(cache)))
+    assert "timed on this machine" in fresh.stdout + fresh.stderr
+    (state,) = (tmp_path / "fresh" / "checkpoints").glob("*/state.json")
+    assert len(json.loads(state.read_text())["conv_forms"]["full@32"]) == (0 if every else 10)
 
 
 def _profile(tmp_path, forms, ranks=1):

@@ -36,6 +36,9 @@ class State:
     # Positions of the epoch's order already trained on (sharding.train_shard's `start`): what a
     # resume with a different number of ranks (--elastic) needs, where `step` no longer fits.
     examples_done: int = 0
+    # Under --conv_forms=auto, the layers each 'phase@image size' trains as matmuls: a resume
+    # computes as the run it continues did, whatever machine (and timings) it lands on.
+    conv_forms: dict = dataclasses.field(default_factory=dict)
 
     @property
     def name(self) -> str:

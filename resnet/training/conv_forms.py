@@ -24,7 +24,7 @@ import json
 import os
 import statistics
 import time
-from typing import Dict, Iterator, List, Mapping
+from typing import Dict, Iterator, List, Mapping, Optional
 
 import tensorflow as tf
 from absl import logging
@@ -170,15 +170,22 @@ def measure(shape: Shape, dtype) -> Dict[str, float]:
     return {form: statistics.median(s) for form, s in seconds.items()}
 
 
-def choose(model: tf.keras.Model, layers, batch: int, setting: str) -> Dict[str, str]:
+def choose(model: tf.keras.Model, layers, batch: int, setting: str,
+           recorded: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     """Layer name -> 'matmul' for each layer to train as a matmul (the others stay convolutions).
     setting: 'conv' (none), 'matmul' (every eligible layer), 'auto' (where measured faster, once
-    per machine: the cache)."""
+    per machine: the cache). recorded: auto's choice in the checkpoint a run resumes, kept so
+    that its steps compute as the first run's did (a requeue onto another CPU would time
+    otherwise); ignored when it names a layer that this run does not train."""
     if setting == "conv" or not layers:
         return {}
     by_layer = shapes(model, layers, batch)
     if setting == "matmul":
         return {name: "matmul" for name in by_layer}
+    if recorded is not None and set(recorded) <= set(by_layer):
+        logging.info("--conv_forms=auto: %d of %d trained convolutions as matmuls, as the "
+                     "checkpoint resumed recorded them", len(recorded), len(by_layer))
+        return dict(recorded)
     dtype = tf.keras.mixed_precision.global_policy().compute_dtype
     started, lines = time.perf_counter(), []
     winners = {}

@@ -1,7 +1,7 @@
 """The end of an epoch, the same in both training loops: evaluate over every rank's shard of the
 test set, record the epoch in the history, log it, and (rank 0) write the checkpoint."""
 
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -44,13 +44,15 @@ def finish(model, test, world, config: Config, class_names, history: list, epoch
 
 
 def save_checkpoint(config: Config, world, trackables: dict, *, epoch: int, step: int,
-                    phase: str, history: list, examples_done: int = 0) -> None:
+                    phase: str, history: list, examples_done: int = 0,
+                    conv_forms: Optional[dict] = None) -> None:
     """Rank 0 writes the checkpoint (`epoch` epochs done and `step` steps, `examples_done`
     examples, of the next); the others hold the same weights and write nothing."""
     if not world.is_chief:
         return
     state = checkpoints.State(epoch=epoch, step=step, phase=phase, config=config.to_dict(),
-                              history=history, examples_done=examples_done)
+                              history=history, examples_done=examples_done,
+                              conv_forms=conv_forms or {})
     checkpoints.save(config.model_dir, trackables, state, config.keep_checkpoints)
 
 

@@ -57,6 +57,7 @@ class Trainer:
         self.phase = ""
         self.observers = list(observers)  # callbacks of every fit on every rank (job.run)
         self.forms = {}  # (phase, image size) -> the layers trained as matmuls (conv_forms.py)
+        self.recorded_forms = {}  # the same as the checkpoint resumed holds them (_forms_key)
         self.folds = frozen.Folds()  # the frozen layers' folded weights (frozen.py)
 
     def _where(self) -> str:
@@ -73,6 +74,7 @@ class Trainer:
         state = checkpoints.read_state(resume) if resume else None
         if state:
             self.progress = Progress(state.epoch, state.step, list(state.history))
+            self.recorded_forms = dict(state.conv_forms)
             logging.info("resuming from %s: epoch %d, step %d", resume, state.epoch + 1,
                          state.step)
         self.stop.install()
@@ -147,8 +149,9 @@ class Trainer:
         key = (self.phase, self.config.image_size_at(epoch))
         if key not in self.forms:
             layers = conv_forms.trained_layers(model_lib.backbone(self.model))
+            recorded = self.recorded_forms.get(_forms_key(key))
             self.forms[key] = world_lib.chief_decides(self.world, lambda: conv_forms.choose(
-                self.model, layers, self.config.batch_size, self.config.conv_forms))
+                self.model, layers, self.config.batch_size, self.config.conv_forms, recorded))
         return self.forms[key]
 
     def end_epoch(self, epoch: int, train_logs: dict) -> None:
@@ -167,7 +170,13 @@ class Trainer:
         epoch_lib.save_checkpoint(self.config, self.world,
                                   trackables(self.model, self.optimizer, self.phase), epoch=epoch,
                                   step=step, phase=self.phase, history=self.progress.history,
-                                  examples_done=done)
+                                  examples_done=done, conv_forms=self._forms_record())
+
+    def _forms_record(self) -> dict:
+        """What state.json keeps of the forms: auto's choices, which a resume reuses."""
+        if self.config.conv_forms != "auto":
+            return {}
+        return {**self.recorded_forms, **{_forms_key(k): f for k, f in self.forms.items()}}
 
     def _stop_after_checkpoint(self, where: str):
         # Horovod: no rank exits before rank 0's checkpoint is on disk; an early exit makes
@@ -175,3 +184,8 @@ class Trainer:
         world_lib.barrier(self.world)
         raise Preempted(f"{self.stop.requested or 'another rank was signalled'}: stopped "
                         f"{where}; checkpoint written, run the same command to resume")
+
+
+def _forms_key(key: Tuple[str, int]) -> str:
+    """(phase, image size) as state.json's key: 'full@96'."""
+    return f"{key[0]}@{key[1]}"
