@@ -1,6 +1,7 @@
 """What --conv_forms and --fold_batchnorm buy: the job's training step with its trained
 convolutions as oneDNN's convolutions (conv), as --conv_forms=auto chooses them on this machine
-(auto), and all as matmuls (matmul), each also with the frozen BatchNorm folded (+fold), and
+(auto), all as matmuls (matmul), all with the weight gradient alone as a matmul (matmul_dw),
+each also with the frozen BatchNorm folded (+fold), and
 each layer shape's timing behind auto's choice; +keras_sgd: Keras's own SGD update
 instead of the job's fused one (resnet/training/optimizer.py).
 
@@ -32,7 +33,7 @@ from resnet.config import Config
 from resnet.training import conv_forms, frozen
 from resnet.training.optimizer import compile_model
 
-SETTINGS = "conv,auto,matmul,conv+fold,auto+fold"  # --conv_forms, and +fold: --fold_batchnorm
+SETTINGS = "conv,auto,matmul,matmul_dw,conv+fold,auto+fold"  # --conv_forms, and +fold: --fold_batchnorm
 
 
 def _train_steps(model, batch: int, config: Config, settings) -> dict:
@@ -69,16 +70,17 @@ def main():
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--settings", default=SETTINGS,
-                   help="comma-separated: conv, auto or matmul, each optionally +fold "
+                   help="comma-separated: conv, auto, matmul or matmul_dw, each optionally +fold "
                    "(--fold_batchnorm) and +keras_sgd (Keras's SGD update, not the job's)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
     a = p.parse_args()
     settings = a.settings.split(",")
     for s in settings:  # before anything is built: a typo costs no model
         form, *extras = s.split("+")
-        if form not in ("conv", "auto", "matmul") or set(extras) - {"fold", "keras_sgd"}:
-            p.error(f"--settings: {s}: use conv, auto or matmul, each optionally +fold and "
-                    "+keras_sgd")
+        if form not in ("conv", "auto", "matmul", "matmul_dw") or \
+                set(extras) - {"fold", "keras_sgd"}:
+            p.error(f"--settings: {s}: use conv, auto, matmul or matmul_dw, each optionally "
+                    "+fold and +keras_sgd")
     intra, inter = use_job_threads()
     model_lib.set_precision(a.precision)
     config = Config(train_from=a.train_from, image_size=a.image_size, weights="none")
@@ -99,7 +101,8 @@ def main():
     cache = conv_forms.read_cache().get(key, {})
     m = machine()
     result = {"machine": m, "args": vars(a), "threads": [intra, inter], "cache_key": key,
-              "images_per_second": rates, "forms": {s: len(f) for s, (_, f) in steps.items()},
+              "images_per_second": rates,
+              "forms": {s: conv_forms.summary(f, trained) for s, (_, f) in steps.items()},
               "trained_convolutions": trained, "shapes": cache}
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "conv_forms.json"), "w") as f:
@@ -107,21 +110,21 @@ def main():
     print(f"{m['cpu']} ({' '.join(m['flags'])}), {m['date']}; {a.image_size} px, batch "
           f"{a.batch_size}, --train_from={a.train_from}, {a.precision}, threads {intra}x{inter}; "
           f"{a.steps} alternated steps per setting\n")
-    print(f"| setting | trained convolutions as matmuls | images/s, median (min-max) | "
+    print(f"| setting | trained convolutions in another form | images/s, median (min-max) | "
           f"vs {settings[0]} |\n| --- | --- | --- | --- |")
     base = statistics.median(rates[settings[0]])
     for s in settings:
         med = statistics.median(rates[s])
-        print(f"| {s} | {result['forms'][s]} of {trained} | {med:.1f} ({min(rates[s]):.1f}-"
+        print(f"| {s} | {result['forms'][s]} | {med:.1f} ({min(rates[s]):.1f}-"
               f"{max(rates[s]):.1f}) | {med / base:.2f} |")
     print(f"\nauto's timings (ms, median of {conv_forms.ROUNDS}, forward + all gradients), "
           f"cache key *{key}*:\n")
-    print("| convolution | conv | matmul | conv / matmul | auto |\n| --- | --- | --- | --- | --- |")
+    forms = conv_forms.FORMS
+    print("| convolution | " + " | ".join(forms) + " | auto |\n|" + " --- |" * (len(forms) + 2))
     for shape, t in sorted(cache.items()):
-        if shape.endswith(f"batch {a.batch_size}"):
-            wins = t["matmul"] < t["conv"] * (1 - conv_forms.MARGIN)
-            print(f"| {shape} | {t['conv'] * 1e3:.1f} | {t['matmul'] * 1e3:.1f} | "
-                  f"{t['conv'] / t['matmul']:.2f} | {'matmul' if wins else 'conv'} |")
+        if shape.endswith(f"batch {a.batch_size}") and set(forms) <= set(t):
+            print(f"| {shape} | " + " | ".join(f"{t[f] * 1e3:.1f}" for f in forms)
+                  + f" | {conv_forms.winner(t)} |")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ BATCHNORM = ("frozen", "train")
 COMPRESSION = ("none", "fp16")
 WARMUP_FROM = ("base", "zero")
 # How trained convolutions compute while training (resnet/training/conv_forms.py).
-CONV_FORMS = ("auto", "conv", "matmul")
+CONV_FORMS = ("auto", "conv", "matmul", "matmul_dw")
 STAGES = ("conv1", "conv2", "conv3", "conv4", "conv5")  # ResNet50's stages, input to output
 MIN_IMAGE_SIZE = 32  # ResNet50 downsamples 32x: smaller inputs leave nothing to pool
 MAX_IMAGE_SIZE = 512  # above it a CPU step takes minutes
@@ -74,8 +74,9 @@ class Config:
     # The first backbone stage that trains; the ones before it keep their ImageNet weights and,
     # as nothing before them trains, TensorFlow leaves their backward pass out altogether.
     train_from: str = "conv4"
-    # auto: each trained convolution as oneDNN's convolution or as a matmul, whichever this
-    # machine ran faster (timed once per machine); conv: always convolutions; matmul: always.
+    # auto: each trained convolution as oneDNN's convolution, as a matmul, or as the convolution
+    # with its weight gradient as a matmul, whichever this machine ran fastest (timed once per
+    # machine); conv: always convolutions; matmul, matmul_dw: always that form.
     # Elastic runs train Keras's convolutions: there auto is conv (effective()). auto with the
     # fold below kept the recipe's accuracy in a full run (BENCHMARKS.md, Accuracy).
     conv_forms: str = "auto"
@@ -233,8 +234,8 @@ def _check_combinations(c: Config) -> None:
                 ("freeze_epochs", c.freeze_epochs, "a second optimizer mid-run"),
                 ("download", c.download, "rank 0 downloading while the others wait"),
                 ("eval_only", c.eval_only, "nothing to be elastic about"),
-                ("conv_forms=matmul", c.conv_forms == "matmul", "elastic trains Keras's "
-                 "convolutions; its auto is conv")):
+                (f"conv_forms={c.conv_forms}", c.conv_forms in ("matmul", "matmul_dw"),
+                 "elastic trains Keras's convolutions; its auto is conv")):
             if value:
                 raise UsageError(f"--elastic does not combine with --{flag} ({why}); run that "
                                  "without --elastic")

@@ -90,9 +90,11 @@ def define(flag_values=flags.FLAGS) -> None:
     f.DEFINE_enum("train_from", _D.train_from, STAGES, "The first ResNet50 stage that trains; "
                   "earlier ones stay as on ImageNet and skip their backward pass (faster).")
     f.DEFINE_enum("conv_forms", _D.conv_forms, CONV_FORMS, "How the trained convolutions "
-                  "compute while training: auto: as oneDNN's convolution or as the same maths "
-                  "in one matmul, whichever this machine ran faster for that layer's shape "
-                  "(timed once, cached in ~/.cache/resnet-horovod); conv or matmul: always. "
+                  "compute while training: auto: as oneDNN's convolution, as the same maths "
+                  "in one matmul, or as the convolution with its weight gradient alone as a "
+                  "matmul (matmul_dw), whichever this machine ran fastest for that layer's shape "
+                  "(timed once, cached in ~/.cache/resnet-horovod); conv, matmul or matmul_dw: "
+                  "always that form. "
                   "Weights, checkpoints and saved models are the same either way; the step's "
                   "speed-up per CPU: BENCHMARKS.md. With --elastic, auto is conv.")
     f.DEFINE_bool("fold_batchnorm", _D.fold_batchnorm, "While training, compute each frozen "

@@ -11,12 +11,14 @@ from resnet import model as model_lib
 from resnet.training import conv_forms
 
 
-def _conv_and_grads(x, kernel, stride, padding, matmul):
+def _conv_and_grads(x, kernel, stride, padding, form):
     x, kernel = tf.constant(x), tf.Variable(kernel)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        if matmul:
+        if form == "matmul":
             y = conv_forms.as_matmul(x, kernel, kernel.shape[0], stride)
+        elif form == "matmul_dw":
+            y = conv_forms.with_matmul_dw(x, kernel, kernel.shape[0], stride, padding)
         else:
             y = tf.nn.conv2d(x, kernel, stride, padding)
         # Weighted, so that a misplaced output pixel or channel changes the gradients.
@@ -24,18 +26,20 @@ def _conv_and_grads(x, kernel, stride, padding, matmul):
     return [y.numpy()] + [g.numpy() for g in tape.gradient(loss, [x, kernel])]
 
 
+@pytest.mark.parametrize("form", ["matmul", "matmul_dw"])
 @pytest.mark.parametrize("size,kernel,stride,padding", [
     (6, 1, 1, "VALID"), (12, 1, 2, "VALID"), (7, 1, 2, "SAME"), (3, 3, 1, "SAME"),
     (1, 3, 1, "SAME"), (5, 3, 1, "SAME")])
-def test_matmul_form_is_the_convolution_with_the_same_gradients(size, kernel, stride, padding):
+def test_each_form_is_the_convolution_with_the_same_gradients(size, kernel, stride, padding,
+                                                              form):
     rng = np.random.default_rng(0)
     # Channels a multiple of 8, as every ResNet50 layer's: with 4 or 5 input channels, TF 2.21's
     # oneDNN weight gradient of a 1x1 stride-2 convolution on an even map is itself wrong on AVX2
     # (docs/experiments.md, 2026-12-01), and the matmul is what is right.
     x = rng.normal(size=(2, size, size, 16)).astype(np.float32)
     w = rng.normal(size=(kernel, kernel, 16, 8)).astype(np.float32)
-    conv = _conv_and_grads(x, w, stride, padding, matmul=False)
-    mm = _conv_and_grads(x, w, stride, padding, matmul=True)
+    conv = _conv_and_grads(x, w, stride, padding, "conv")
+    mm = _conv_and_grads(x, w, stride, padding, form)
     for name, a, b in zip(("output", "input gradient", "kernel gradient"), conv, mm):
         assert a.shape == b.shape, name
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4, err_msg=name)
@@ -102,17 +106,58 @@ def test_auto_times_once_per_machine_and_survives_a_corrupt_cache(tmp_path, monk
     (key, timings), = cache.items()
     assert "float32" in key and "intra" in key
     assert set(timings) == {str(s) for s in conv_forms.shapes(model, layers, 2).values()}
-    # Cached timings decide the second time: make every matmul look 10x faster than it was.
-    for t in timings.values():
-        t["matmul"] = t["conv"] / 10
+    assert all(set(t) == set(conv_forms.FORMS) for t in timings.values())
+    # Cached timings decide the second time: the fastest form wins, each shape on its own.
+    wins = {}
+    for i, (shape, t) in enumerate(sorted(timings.items())):
+        wins[shape] = ("matmul", "matmul_dw")[i % 2]
+        t.update({"matmul": t["conv"] * 2, "matmul_dw": t["conv"] * 2, wins[shape]: t["conv"] / 10})
     path.write_text(json.dumps(cache))
-    assert conv_forms.choose(model, layers, 2, "auto") == {layer.name: "matmul"
-                                                           for layer in layers}
-    for t in timings.values():
-        t["matmul"] = t["conv"] * (1 - conv_forms.MARGIN / 2)  # within the margin: conv stays
+    shapes = conv_forms.shapes(model, layers, 2)
+    assert conv_forms.choose(model, layers, 2, "auto") == {
+        layer.name: wins[str(shapes[layer.name])] for layer in layers}
+    assert set(wins.values()) == {"matmul", "matmul_dw"}  # conv5 has 3 shapes: both forms won
+    for t in timings.values():  # within the margin: conv stays
+        t.update(matmul=t["conv"] * (1 - conv_forms.MARGIN / 2), matmul_dw=t["conv"] * 1.5)
     path.write_text(json.dumps(cache))
     assert conv_forms.choose(model, layers, 2, "auto") == {}
     assert isinstance(forms, dict)
+
+
+def test_the_weight_gradient_form_keeps_the_convolution_and_only_its_weight_gradient_differs():
+    model = model_lib.build(10, 32, "none", 0)
+    model_lib.set_trainable(model, "full", "conv5")
+    backbone = model_lib.backbone(model)
+    layers = conv_forms.trained_layers(backbone)
+    forms = conv_forms.choose(model, layers, 2, "matmul_dw")
+    assert forms == {layer.name: "matmul_dw" for layer in layers}
+    layer = backbone.get_layer("conv5_block1_2_conv")  # a 3x3 one
+    x = tf.random.stateless_normal([2, 1, 1, 512], [3, 4])
+    with conv_forms.training(backbone, forms):
+        ops = _graph_ops(tf.keras.Sequential([layer]), x)
+
+        @tf.function
+        def kernel_gradient(v):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(layer(v) ** 2)
+            return tape.gradient(loss, layer.kernel)
+        grad_ops = {op.type for op in
+                    kernel_gradient.get_concrete_function(x).graph.get_operations()}
+        with tf.GradientTape() as tape:
+            y = layer(x)
+            loss = tf.reduce_sum(y ** 2)
+        grads = tape.gradient(loss, layer.trainable_weights)
+    # Forward: Keras's own convolution; its weight gradient: a MatMul, not Conv2DBackpropFilter.
+    assert "Conv2D" in ops and "MatMul" not in ops
+    assert "MatMul" in grad_ops and "Conv2DBackpropFilter" not in grad_ops, grad_ops
+    with tf.GradientTape() as tape:
+        y_conv = layer(x)
+        loss = tf.reduce_sum(y_conv ** 2)
+    expected = tape.gradient(loss, layer.trainable_weights)
+    np.testing.assert_array_equal(y.numpy(), y_conv.numpy())
+    assert len(grads) == 2 and not np.allclose(grads[0].numpy(), 0)
+    for a, b in zip(grads, expected):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_auto_keeps_a_resumed_checkpoints_forms_unless_it_names_an_untrained_layer(
@@ -163,6 +208,6 @@ def test_the_forms_benchmark_refuses_a_setting_it_does_not_know_before_building_
                            "--settings=auto+fold,conv+flod"], cwd=ROOT, env=job_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "--settings: conv+flod: use conv, auto or matmul, each optionally +fold and " \
-           "+keras_sgd" in proc.stderr
+    assert "--settings: conv+flod: use conv, auto, matmul or matmul_dw, each optionally +fold " \
+           "and +keras_sgd" in proc.stderr
     assert "conv_forms=auto" not in proc.stderr  # nothing was timed or built

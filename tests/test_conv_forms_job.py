@@ -30,6 +30,7 @@ def test_matmul_forms_and_folded_batchnorm_train_as_the_convolutions_do(tmp_path
     losses = {}
     for name, flags in (("conv", ["--conv_forms=conv", "--nofold_batchnorm"]),
                         ("matmul", ["--conv_forms=matmul", "--nofold_batchnorm"]),
+                        ("matmul_dw", ["--conv_forms=matmul_dw", "--nofold_batchnorm"]),
                         ("fold", ["--conv_forms=conv", "--fold_batchnorm"])):
         proc = run_job(SMALL + [f"--model_dir={tmp_path / name}"] + flags)
         # conv5 trains: conv1-conv4's 1 + 10 + 13 + 19 convolutions are frozen.
@@ -39,6 +40,7 @@ def test_matmul_forms_and_folded_batchnorm_train_as_the_convolutions_do(tmp_path
     # The same maths in another order of additions: float32 round-off, not another model.
     (conv,), (matmul,), (fold,) = losses["conv"], losses["matmul"], losses["fold"]
     assert matmul == pytest.approx(conv, rel=1e-3) and conv[0] > 0
+    assert losses["matmul_dw"][0] == pytest.approx(conv, rel=1e-3)
     assert fold == pytest.approx(conv, rel=1e-3)
 
 
@@ -54,7 +56,7 @@ def test_auto_forms_on_two_ranks_rank0_times_once_and_models_stay_plain_keras(tm
     assert "--fold_batchnorm: 43 frozen convolutions" in log, log[-3000:]
     cache = json.loads((tmp_path / "cache" / "resnet-horovod" / "conv_forms.json").read_text())
     (timings,) = cache.values()
-    assert timings and all({"conv", "matmul"} <= set(t) for t in timings.values())
+    assert timings and all({"conv", "matmul", "matmul_dw"} <= set(t) for t in timings.values())
     assert _metrics(model_dir)["test_accuracy"] >= 0
 
     layers = plain_keras(model_dir / "model.keras", "[type(l).__name__ for l in m.layers]")
@@ -81,7 +83,7 @@ def test_a_resume_trains_with_the_forms_its_checkpoint_recorded_whatever_the_tim
     timings = json.loads(path.read_text())
     for by_shape in timings.values():
         for t in by_shape.values():
-            t["matmul"] = t["conv"] * (10 if every else 0.1)
+            t.update(matmul=t["conv"] * (10 if every else 0.1), matmul_dw=t["conv"] * 10)
     path.write_text(json.dumps(timings))
     shutil.rmtree(last)
     proc = run_job(args, env=job_env(XDG_CACHE_HOME=str(cache)))

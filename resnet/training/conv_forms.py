@@ -1,14 +1,18 @@
-"""The form each trained convolution computes in while training: oneDNN's convolution, or the same
-maths as one matmul. Chosen per layer shape on the CPU it runs on, by timing both at start-up.
+"""The form each trained convolution computes in while training: oneDNN's convolution (conv), the
+same maths as one matmul (matmul), or the convolution with its weight gradient alone as a matmul
+(matmul_dw). Chosen per layer shape on the CPU it runs on, by timing all three at start-up.
 
   1x1 kernel:  out[n,h,w,:] = x[n, s*h, s*w, :] @ kernel[0,0]           (s: the stride)
   3x3 kernel:  out = concat(the nine shifted copies of the padded map) @ kernel reshaped to [9C, F]
+  matmul_dw:   out = conv(x, kernel), d_x = oneDNN's data gradient, d_kernel = columns(x)^T @ d_out
 
 Why: on the small feature maps CIFAR images leave conv4 and conv5, oneDNN's convolutions are slow,
 its weight gradients above all (on AVX2 a 3x3 layer's weight gradient at 1x1 or 2x2 pixels falls to
 a generic gemm implementation; on AMX the 1x1 layers at 3x3 pixels ran 3.6x slower than as a
-matmul), while a matmul's gradients are matmuls too. Which form wins depends on the CPU, the map
-and the batch, so it is measured rather than assumed (BENCHMARKS.md, "Convolution forms").
+matmul), while a matmul's gradients are matmuls too. On AMX a 3x3 layer at 6x6 or 7x7 pixels
+keeps oneDNN's forward and data gradient, which are fast there, and loses only its slow weight
+gradient (matmul_dw). Which form wins depends on the CPU, the map and the batch, so it is
+measured rather than assumed (BENCHMARKS.md, "Convolution forms").
 
 The weights are untouched: the form replaces only the layer's convolution_op (Keras's hook for
 it) on this process's layers, and only while training steps are traced (`training()`).
@@ -37,7 +41,9 @@ from resnet.runtime import topology
 MARGIN = 0.10
 # Part of the cache key: timings taken another way (an older version of measure() or of
 # as_matmul) are retaken.
-METHOD = "m3"
+METHOD = "m4"
+# What measure() times; every form but conv replaces the layer's convolution while training.
+FORMS = ("conv", "matmul", "matmul_dw")
 ROUNDS, WARMUP = 7, 2  # timed calls of each form, interleaved, the median kept; untimed ones first
 
 
@@ -73,8 +79,8 @@ def eligible(layer) -> bool:
         layer.padding == "same"
 
 
-def as_matmul(x, kernel, size: int, stride: int):
-    """Conv2D(x, kernel) with a `size`x`size` kernel as one matmul (see the module's note).
+def columns(x, size: int, stride: int):
+    """The rows a `size`x`size` convolution's matmul multiplies: [N, H', W', size*size*C].
 
     Slices are tf.slice, never Python's x[...] (a StridedSlice): a Slice's gradient is a Pad,
     while StridedSliceGrad took 6% of the default recipe's step on AVX2 (BENCHMARKS.md)."""
@@ -88,17 +94,43 @@ def as_matmul(x, kernel, size: int, stride: int):
                 x = tf.reshape(x, [-1, height // stride, width // stride, channels])
             else:  # an odd or unknown side: the strided slice
                 x = x[:, ::stride, ::stride, :]
-    else:
-        pad = size // 2
-        height, width = tf.shape(x)[1], tf.shape(x)[2]
-        padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-        # Row-major over (dy, dx, channel), the order of kernel.reshape([size*size*C, F]).
-        x = tf.concat([tf.slice(padded, [0, dy, dx, 0], tf.stack([-1, height, width, -1]))
-                       for dy in range(size) for dx in range(size)], axis=-1)
+        return x
+    pad = size // 2
+    height, width = tf.shape(x)[1], tf.shape(x)[2]
+    padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    # Row-major over (dy, dx, channel), the order of kernel.reshape([size*size*C, F]).
+    return tf.concat([tf.slice(padded, [0, dy, dx, 0], tf.stack([-1, height, width, -1]))
+                      for dy in range(size) for dx in range(size)], axis=-1)
+
+
+def as_matmul(x, kernel, size: int, stride: int):
+    """Conv2D(x, kernel) with a `size`x`size` kernel as one matmul (see the module's note)."""
+    x = columns(x, size, stride)
     filters = kernel.shape[-1]
     dims = tf.shape(x)
     y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.reshape(kernel, [-1, filters]))
     return tf.reshape(y, tf.concat([dims[:3], [filters]], 0))
+
+
+def with_matmul_dw(x, kernel, size: int, stride: int, padding: str = "SAME"):
+    """Conv2D(x, kernel): oneDNN's convolution forward and data gradient, and the weight gradient
+    as one matmul of the input's columns with the output gradient (the same sum, in another
+    order). `padding` is the layer's ('valid' and 'same' agree for a 1x1 kernel)."""
+    padding = padding.upper()
+    # Read the variable (Keras's AutoCastVariable: in the compute type) before the custom
+    # gradient: a variable passed through it would get no gradient.
+    kernel = tf.convert_to_tensor(kernel)
+
+    @tf.custom_gradient
+    def conv(x, kernel):
+        def grad(d_out):
+            d_x = tf.nn.conv2d_transpose(d_out, kernel, tf.shape(x), stride, padding)
+            rows = columns(x, size, stride)
+            d_kernel = tf.matmul(tf.reshape(rows, [-1, rows.shape[-1]]),
+                                 tf.reshape(d_out, [-1, kernel.shape[-1]]), transpose_a=True)
+            return d_x, tf.reshape(d_kernel, tf.shape(kernel))
+        return tf.nn.conv2d(x, kernel, stride, padding), grad
+    return conv(x, kernel)
 
 
 def trained_layers(backbone: tf.keras.Model) -> List[tf.keras.layers.Layer]:
@@ -144,6 +176,8 @@ def _step(form: str, shape: Shape, dtype):
             w = tf.cast(kernel, dtype)  # as Keras reads a float32 variable under mixed_bfloat16
             if form == "matmul":
                 y = as_matmul(x, w, shape.kernel, shape.stride)
+            elif form == "matmul_dw":
+                y = with_matmul_dw(x, w, shape.kernel, shape.stride)
             else:
                 y = tf.nn.conv2d(x, w, shape.stride, "SAME")
             if shape.bias:
@@ -155,9 +189,9 @@ def _step(form: str, shape: Shape, dtype):
 
 
 def measure(shape: Shape, dtype) -> Dict[str, float]:
-    """The median of ROUNDS calls of each form, in seconds, the two forms interleaved so that a
-    slow spell of a shared machine hits both."""
-    steps = {form: _step(form, shape, dtype) for form in ("conv", "matmul")}
+    """The median of ROUNDS calls of each form, in seconds, the forms interleaved so that a
+    slow spell of a shared machine hits them alike."""
+    steps = {form: _step(form, shape, dtype) for form in FORMS}
     for step in steps.values():
         for _ in range(WARMUP):
             step().numpy()
@@ -172,19 +206,21 @@ def measure(shape: Shape, dtype) -> Dict[str, float]:
 
 def choose(model: tf.keras.Model, layers, batch: int, setting: str,
            recorded: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
-    """Layer name -> 'matmul' for each layer to train as a matmul (the others stay convolutions).
-    setting: 'conv' (none), 'matmul' (every eligible layer), 'auto' (where measured faster, once
+    """Layer name -> its form ('matmul' or 'matmul_dw') for each layer not trained as oneDNN's
+    convolution (the others stay convolutions).
+    setting: 'conv' (none), 'matmul' or 'matmul_dw' (every eligible layer in that form), 'auto'
+    (the fastest form of each shape where it beats the convolution by MARGIN, measured once
     per machine: the cache). recorded: auto's choice in the checkpoint a run resumes, kept so
     that its steps compute as the first run's did (a requeue onto another CPU would time
     otherwise); ignored when it names a layer that this run does not train."""
     if setting == "conv" or not layers:
         return {}
     by_layer = shapes(model, layers, batch)
-    if setting == "matmul":
-        return {name: "matmul" for name in by_layer}
+    if setting in FORMS[1:]:
+        return {name: setting for name in by_layer}
     if recorded is not None and set(recorded) <= set(by_layer):
-        logging.info("--conv_forms=auto: %d of %d trained convolutions as matmuls, as the "
-                     "checkpoint resumed recorded them", len(recorded), len(by_layer))
+        logging.info("--conv_forms=auto: %s, as the checkpoint resumed recorded them",
+                     summary(recorded, len(by_layer)))
         return dict(recorded)
     dtype = tf.keras.mixed_precision.global_policy().compute_dtype
     started, lines = time.perf_counter(), []
@@ -192,15 +228,27 @@ def choose(model: tf.keras.Model, layers, batch: int, setting: str,
     with _Cache(machine_key()) as cache:
         for shape in sorted(set(by_layer.values()), key=str):
             t = cache.get(shape) or cache.put(shape, measure(shape, dtype))
-            winners[shape] = t["matmul"] < t["conv"] * (1 - MARGIN)
-            lines.append(f"  {shape}: conv {t['conv'] * 1e3:.1f} ms, matmul "
-                         f"{t['matmul'] * 1e3:.1f} ms -> {'matmul' if winners[shape] else 'conv'}")
-    forms = {name: "matmul" for name, shape in by_layer.items() if winners[shape]}
-    logging.info("--conv_forms=auto: %d of %d trained convolutions as matmuls (forward + both "
-                 "gradients timed on this machine, %s; %.1f s, cache %s):\n%s", len(forms),
-                 len(by_layer), model_lib.numerics(), time.perf_counter() - started, cache_path(),
-                 "\n".join(lines))
+            winners[shape] = winner(t)
+            lines.append(f"  {shape}: " + ", ".join(f"{f} {t[f] * 1e3:.1f} ms" for f in FORMS)
+                         + f" -> {winners[shape]}")
+    forms = {name: winners[shape] for name, shape in by_layer.items()
+             if winners[shape] != "conv"}
+    logging.info("--conv_forms=auto: %s (forward + both gradients timed on this machine, %s; "
+                 "%.1f s, cache %s):\n%s", summary(forms, len(by_layer)), model_lib.numerics(),
+                 time.perf_counter() - started, cache_path(), "\n".join(lines))
     return forms
+
+
+def winner(timings: Mapping[str, float]) -> str:
+    """The fastest form, where it beats the convolution by MARGIN; else 'conv'."""
+    form = min(FORMS, key=lambda f: timings[f])
+    return form if timings[form] < timings["conv"] * (1 - MARGIN) else "conv"
+
+
+def summary(forms: Mapping[str, str], trained: int) -> str:
+    counts = {f: sum(1 for v in forms.values() if v == f) for f in FORMS[1:]}
+    return (f"{counts['matmul']} of {trained} trained convolutions as matmuls, "
+            f"{counts['matmul_dw']} with the weight gradient alone as a matmul")
 
 
 def cache_path() -> str:
@@ -252,7 +300,7 @@ class _Cache:
 
     def get(self, shape: Shape):
         t = self.entries.get(self.key, {}).get(str(shape))
-        return t if isinstance(t, dict) and {"conv", "matmul"} <= set(t) else None
+        return t if isinstance(t, dict) and set(FORMS) <= set(t) else None
 
     def put(self, shape: Shape, timings: dict) -> dict:
         self.entries.setdefault(self.key, {})[str(shape)] = timings
@@ -266,8 +314,10 @@ class _Cache:
             self.lock.close()  # releases the lock
 
 
-def _matmul_op(layer):
+def _op(layer, form: str):
     size, stride = layer.kernel_size[0], layer.strides[0]
+    if form == "matmul_dw":
+        return lambda inputs, kernel: with_matmul_dw(inputs, kernel, size, stride, layer.padding)
     return lambda inputs, kernel: as_matmul(inputs, kernel, size, stride)
 
 
@@ -284,6 +334,7 @@ def _replaced(ops: Mapping) -> Iterator[None]:
 
 
 def training(backbone: tf.keras.Model, forms: Mapping[str, str]):
-    """Within it, the layers named in `forms` compute as matmuls: trace the training step here."""
-    return _replaced({backbone.get_layer(name): _matmul_op(backbone.get_layer(name))
-                      for name, form in forms.items() if form == "matmul"})
+    """Within it, the layers named in `forms` compute in their form: trace the training step
+    here."""
+    return _replaced({backbone.get_layer(name): _op(backbone.get_layer(name), form)
+                      for name, form in forms.items() if form in FORMS[1:]})
