@@ -33,7 +33,8 @@ from resnet.config import Config
 from resnet.training import conv_forms, frozen
 from resnet.training.optimizer import compile_model
 
-SETTINGS = "conv,auto,matmul,matmul_dw,conv+fold,auto+fold"  # --conv_forms, and +fold: --fold_batchnorm
+# --conv_forms, and +fold: --fold_batchnorm
+SETTINGS = "conv,auto,matmul,matmul_dw,conv+fold,auto+fold"
 
 
 def _train_steps(model, batch: int, config: Config, settings) -> dict:
