@@ -29,7 +29,7 @@ import tensorflow as tf
 from benchmarks.common import ROOT, use_job_threads
 from benchmarks.harness import machine
 from resnet import model as model_lib
-from resnet.config import Config
+from resnet.config import CONV_FORMS, Config
 from resnet.training import conv_forms, frozen
 from resnet.training.optimizer import compile_model
 
@@ -71,17 +71,16 @@ def main():
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--settings", default=SETTINGS,
-                   help="comma-separated: conv, auto, matmul or matmul_dw, each optionally +fold "
+                   help="comma-separated: --conv_forms values, each optionally +fold "
                    "(--fold_batchnorm) and +keras_sgd (Keras's SGD update, not the job's)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
     a = p.parse_args()
     settings = a.settings.split(",")
     for s in settings:  # before anything is built: a typo costs no model
         form, *extras = s.split("+")
-        if form not in ("conv", "auto", "matmul", "matmul_dw") or \
-                set(extras) - {"fold", "keras_sgd"}:
-            p.error(f"--settings: {s}: use conv, auto, matmul or matmul_dw, each optionally "
-                    "+fold and +keras_sgd")
+        if form not in CONV_FORMS or set(extras) - {"fold", "keras_sgd"}:
+            p.error(f"--settings: {s}: use {', '.join(CONV_FORMS[:-1])} or {CONV_FORMS[-1]} "
+                    "(--conv_forms's values), each optionally +fold and +keras_sgd")
     intra, inter = use_job_threads()
     model_lib.set_precision(a.precision)
     config = Config(train_from=a.train_from, image_size=a.image_size, weights="none")
