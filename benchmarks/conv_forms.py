@@ -1,7 +1,8 @@
 """What --conv_forms and --fold_batchnorm buy: the job's training step with its trained
 convolutions as oneDNN's convolutions (conv), as --conv_forms=auto chooses them on this machine
 (auto), all as matmuls (matmul), all with the weight gradient alone as a matmul (matmul_dw),
-each also with the frozen BatchNorm folded (+fold), and
+each also with every BatchNorm folded as --fold_batchnorm folds it (+fold) or the frozen
+stages' alone (+fold_frozen), and
 each layer shape's timing behind auto's choice; +keras_sgd: Keras's own SGD update
 instead of the job's fused one (resnet/training/optimizer.py).
 
@@ -33,8 +34,8 @@ from resnet.config import CONV_FORMS, Config
 from resnet.training import conv_forms, frozen
 from resnet.training.optimizer import compile_model
 
-# --conv_forms, and +fold: --fold_batchnorm
-SETTINGS = "conv,auto,matmul,matmul_dw,conv+fold,auto+fold"
+# --conv_forms, and +fold: --fold_batchnorm (+fold_frozen: its frozen half)
+SETTINGS = "conv,auto,matmul,matmul_dw,conv+fold,auto+fold_frozen,auto+fold"
 
 
 def _train_steps(model, batch: int, config: Config, settings) -> dict:
@@ -54,7 +55,8 @@ def _train_steps(model, batch: int, config: Config, settings) -> dict:
             model.optimizer = tf.keras.optimizers.SGD(0.001, momentum=config.momentum)
             model.optimizer.build(model.trainable_variables)
         with conv_forms.training(backbone, forms), \
-                frozen.training(backbone, folds, "fold" in extras):
+                frozen.training(backbone, folds, bool({"fold", "fold_frozen"} & set(extras)),
+                                trained="fold" in extras):
             fn = model.make_train_function(force=True)
             fn(data)  # traced here, inside the setting
         model.optimizer = fused
@@ -72,15 +74,18 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--settings", default=SETTINGS,
                    help="comma-separated: --conv_forms values, each optionally +fold "
-                   "(--fold_batchnorm) and +keras_sgd (Keras's SGD update, not the job's)")
+                   "(--fold_batchnorm: every BatchNorm folded, frozen and trained), "
+                   "+fold_frozen (the frozen stages' alone, the fold before 2026-12-03) and "
+                   "+keras_sgd (Keras's SGD update, not the job's)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
     a = p.parse_args()
     settings = a.settings.split(",")
     for s in settings:  # before anything is built: a typo costs no model
         form, *extras = s.split("+")
-        if form not in CONV_FORMS or set(extras) - {"fold", "keras_sgd"}:
+        if form not in CONV_FORMS or set(extras) - {"fold", "fold_frozen", "keras_sgd"}:
             p.error(f"--settings: {s}: use {', '.join(CONV_FORMS[:-1])} or {CONV_FORMS[-1]} "
-                    "(--conv_forms's values), each optionally +fold and +keras_sgd")
+                    "(--conv_forms's values), each optionally +fold, +fold_frozen and "
+                    "+keras_sgd")
     intra, inter = use_job_threads()
     model_lib.set_precision(a.precision)
     config = Config(train_from=a.train_from, image_size=a.image_size, weights="none")

@@ -99,7 +99,9 @@ def define(flag_values=flags.FLAGS) -> None:
                   "speed-up per CPU: BENCHMARKS.md. With --elastic, auto is conv.")
     f.DEFINE_bool("fold_batchnorm", _D.fold_batchnorm, "While training, compute each frozen "
                   "convolution with the frozen BatchNorm after it folded in (one convolution "
-                  "and a bias, its weights once in the compute type). The same maths; weights, "
+                  "and a bias, its weights once in the compute type), and with "
+                  "--batchnorm=frozen each trained one whose feature map outweighs its kernel "
+                  "with its BatchNorm folded in the step. The same maths; weights, "
                   "checkpoints, evaluation and saved models are unchanged. --nofold_batchnorm: "
                   "Keras's BatchNorm layers as they are (the default until a full run).")
     f.DEFINE_float("bn_momentum", _D.bn_momentum, "Moving-average momentum with "

@@ -142,6 +142,13 @@ def from_config(settings: Mapping, num_classes: int, input_size: Callable[[int],
                  input_size=input_size(image_size))
 
 
+def batchnorm_is_affine(batchnorm: str) -> bool:
+    """Whether a training step runs every BatchNorm in inference mode (--batchnorm=frozen: the
+    moving statistics kept, a fixed affine map per channel that frozen.py may fold), rather than
+    normalising by the batch's statistics (--batchnorm=train)."""
+    return batchnorm == "frozen"
+
+
 def _assemble(to_float, caffe, backbone_layer, head, image_size: int, batchnorm: str,
               resize: bool, input_size: int = 32) -> tf.keras.Model:
     inputs = tf.keras.Input((input_size, input_size, 3), name="image")
@@ -150,7 +157,7 @@ def _assemble(to_float, caffe, backbone_layer, head, image_size: int, batchnorm:
     # nothing), so that their checkpoints, which name layers by position, are interchangeable.
     if resize:
         x = tf.keras.layers.Resizing(image_size, image_size, dtype="float32", name="resize")(x)
-    if batchnorm == "frozen":
+    if batchnorm_is_affine(batchnorm):
         # Inference mode (Keras's fine-tuning guide): the ImageNet statistics are kept and only
         # gamma/beta train. Measured here: with Keras's default momentum, trained BatchNorm left
         # the test accuracy at chance after 94 steps (the moving averages had not caught up).

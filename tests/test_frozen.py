@@ -1,6 +1,7 @@
-"""Frozen BatchNorm folded into the frozen convolution before it (resnet/training/frozen.py): the
-same outputs and gradients as Keras's layers, only while a training step is traced, one
-BatchNorm pass fewer per frozen layer, and nothing of it in the model's weights."""
+"""BatchNorm folded into the convolution before it (resnet/training/frozen.py): the same outputs
+and gradients as Keras's layers, only while a training step is traced, one BatchNorm pass fewer
+per folded layer (frozen ones once a phase, trained ones in the step), and nothing of it in the
+model's weights."""
 
 import numpy as np
 import pytest
@@ -59,8 +60,8 @@ def test_folded_training_computes_the_same_outputs_and_gradients():
     before, grads_before = _step(model, x)
     batchnorms = _ops(model, x).count("FusedBatchNormV3")
     folds = frozen.Folds()
-    with frozen.training(backbone, folds) as n:
-        assert n == 24
+    with frozen.training(backbone, folds, trained=False) as n:
+        assert n == (24, 0)
         inside, grads_inside = _step(model, x)
         # The frozen stages' normalisation is gone from a step traced inside.
         assert _ops(model, x).count("FusedBatchNormV3") == batchnorms - 24
@@ -77,10 +78,59 @@ def test_folded_training_computes_the_same_outputs_and_gradients():
         pass
     assert all(folds.variables[k][0] is kept[k][0] for k in kept)
     with frozen.training(backbone, folds, enabled=False) as n:
-        assert n == 0 and not any("call" in vars(layer) for layer in backbone.layers)
+        assert n == (0, 0) and not any("call" in vars(layer) for layer in backbone.layers)
 
 
-def test_under_mixed_bfloat16_the_folded_weights_are_bfloat16(restored_process_state):
+def test_trained_pairs_fold_in_the_step_with_the_same_outputs_and_gradients(monkeypatch):
+    model = _model("conv4")
+    backbone = model_lib.backbone(model)
+    trained = frozen.pairs(backbone, "trained")
+    assert len(trained) == 19 + 10  # conv4 (6 blocks x 3 + the shortcut), conv5 (3 x 3 + 1)
+    assert all(conv.name.split("_")[0] in ("conv4", "conv5") for conv, _ in trained)
+    assert len(frozen.pairs(backbone, "all")) == 53
+    x = tf.random.stateless_uniform([4, 32, 32, 3], [3, 4], maxval=255)
+    before, grads_before = _step(model, x)
+    batchnorms = _ops(model, x).count("FusedBatchNormV3")
+    # At 32 px every trained feature map is smaller than its kernel: nothing trained folds.
+    with frozen.training(backbone, frozen.Folds()) as n:
+        assert n == (24, 29)
+        assert _ops(model, x).count("FusedBatchNormV3") == batchnorms - 24
+    monkeypatch.setattr(frozen, "ACTIVATIONS_PER_WEIGHT", 0.0)  # every pair folds
+    with frozen.training(backbone, frozen.Folds()) as n:
+        inside, grads_inside = _step(model, x)
+        assert _ops(model, x).count("FusedBatchNormV3") == batchnorms - 53 == 0
+    np.testing.assert_allclose(inside, before, rtol=1e-4, atol=1e-6)
+    assert len(grads_inside) == len(grads_before) == len(model.trainable_variables)
+    for a, b in zip(grads_inside, grads_before):  # gamma and beta's among them
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * np.abs(b).max())
+    assert not any("call" in vars(layer) for layer in backbone.layers)
+    # With --batchnorm=train the step normalises by the batch: nothing trained is an affine map.
+    with frozen.training(backbone, frozen.Folds(),
+                         trained=model_lib.batchnorm_is_affine("train")) as n:
+        assert n == (24, 0)
+
+
+def test_a_trained_pair_folds_where_its_feature_map_outweighs_its_kernel():
+    inputs = tf.keras.Input((4, 4, 16), batch_size=4)
+    # 4 x 4 x 4 = 64 values per output channel against 1 x 1 x 16 weights: folds.
+    x = tf.keras.layers.BatchNormalization()(tf.keras.layers.Conv2D(8, 1)(inputs),
+                                             training=False)
+    # 64 against 3 x 3 x 8 = 72: BatchNorm stays.
+    x = tf.keras.layers.BatchNormalization()(tf.keras.layers.Conv2D(8, 3, padding="same")(x),
+                                             training=False)
+    small = tf.keras.Model(inputs, x)
+    data = tf.random.stateless_normal([4, 4, 4, 16], [1, 2])
+    before = small(data).numpy()
+    with frozen.training(small, frozen.Folds()) as n:
+        assert n == (0, 2)
+        fn = tf.function(lambda v: small(v, training=True))
+        ops = [op.type for op in fn.get_concrete_function(data).graph.get_operations()]
+        assert ops.count("FusedBatchNormV3") == 1
+        np.testing.assert_allclose(fn(data).numpy(), before, rtol=1e-5, atol=1e-5)
+
+
+def test_under_mixed_bfloat16_the_folded_weights_are_bfloat16(restored_process_state,
+                                                              monkeypatch):
     tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = _model("conv4")
     backbone = model_lib.backbone(model)
@@ -88,7 +138,7 @@ def test_under_mixed_bfloat16_the_folded_weights_are_bfloat16(restored_process_s
     before = model(x, training=True).numpy()
     casts = _ops(model, x).count("Cast")
     folds = frozen.Folds()
-    with frozen.training(backbone, folds):
+    with frozen.training(backbone, folds, trained=False):
         inside = model(x, training=True).numpy()
         # The 24 frozen kernels and biases are not cast from float32 every step.
         assert _ops(model, x).count("Cast") <= casts - 48
@@ -97,6 +147,12 @@ def test_under_mixed_bfloat16_the_folded_weights_are_bfloat16(restored_process_s
     # bfloat16 keeps 8 bits of mantissa: the fold rounds differently, not another model.
     assert np.argmax(inside, 1).tolist() == np.argmax(before, 1).tolist()
     np.testing.assert_allclose(inside, before, atol=0.05)
+    # The trained pairs too: their fold is multiplied in float32 and rounded once.
+    monkeypatch.setattr(frozen, "ACTIVATIONS_PER_WEIGHT", 0.0)
+    with frozen.training(backbone, folds):
+        every = model(x, training=True).numpy()
+    assert np.argmax(every, 1).tolist() == np.argmax(before, 1).tolist()
+    np.testing.assert_allclose(every, before, atol=0.05)
 
 
 def test_fold_is_the_batchnorm_of_the_convolution():

@@ -212,7 +212,8 @@ def _fit_rest_of_epoch(state, config: Config, world: runtime.World, model, train
                               lambda: state.epoch, lambda: 0)
     callbacks = cb.fit_callbacks(world, lambda: state.epoch, chief=[progress],
                                  first=[_Steps(state, config, n, world.size)])
-    with frozen.training(model_lib.backbone(model), folds, config.fold_batchnorm):
+    with frozen.training(model_lib.backbone(model), folds, config.fold_batchnorm,
+                         model_lib.batchnorm_is_affine(config.batchnorm)):
         fit = model.fit(ds, epochs=state.epoch + 1, initial_epoch=state.epoch,
                         steps_per_epoch=steps, verbose=0, callbacks=callbacks)
     return {k: float(v[-1]) for k, v in fit.history.items()}

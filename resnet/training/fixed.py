@@ -130,11 +130,12 @@ class Trainer:
                                     epoch, len(self.class_names), skip_steps=self.progress.step,
                                     image_size=self.config.image_size)
         steps_left = self.schedule.steps_per_epoch - self.progress.step
-        # The training step is traced inside: its convolutions take the chosen forms, and the
-        # frozen ones their folded BatchNorm.
+        # The training step is traced inside: its convolutions take the chosen forms, and their
+        # BatchNorm folded in.
         backbone = model_lib.backbone(self.model)
         with conv_forms.training(backbone, self.conv_forms(epoch)), \
-                frozen.training(backbone, self.folds, self.config.fold_batchnorm):
+                frozen.training(backbone, self.folds, self.config.fold_batchnorm,
+                                model_lib.batchnorm_is_affine(self.config.batchnorm)):
             fit = self.model.fit(ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
                                  steps_per_epoch=steps_left, callbacks=self.callbacks)
         if self.stop.stopped and self.progress.step + self.stop.steps_done < self.schedule.steps_per_epoch:

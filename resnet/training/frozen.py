@@ -1,6 +1,5 @@
-"""The frozen layers as the training step computes them, and every layer as inference computes
-it: each convolution with the BatchNorm that follows it folded in, its weights held once in the
-compute type.
+"""The convolutions as the training step computes them, and every layer as inference computes
+it: each convolution with the BatchNorm that follows it folded in.
 
 A frozen BatchNorm (not trainable, so Keras runs it in inference mode whatever the model is
 told) is an affine map per channel, and the frozen convolution before it is linear, so
@@ -9,6 +8,17 @@ is one convolution with a bias: the normalisation pass over every frozen feature
 TensorFlow's remapper fuses the bias and the ReLU after it into the convolution. The folded
 kernel is computed once a phase from the layers' own weights, in the compute type (bfloat16
 under mixed_bfloat16), where Keras would cast the float32 kernel every step.
+
+A trained BatchNorm in inference mode (--batchnorm=frozen: the ImageNet statistics kept, gamma and
+beta training) is the same affine map with a scale that trains, so the trained convolutions fold
+it in the step's own graph, from the current weights: the kernel times the scale (a pass over
+the weights, in float32, rounded once to the compute type), the convolution, one bias. The
+gradients of gamma, beta and the kernel flow through that product, so the step computes the
+same maths as Keras's layers, without BatchNorm's forward and backward passes over the trained
+feature map. That trades passes over a feature map for passes over a kernel, so a pair folds only
+where the map is the larger (ACTIVATIONS_PER_WEIGHT), which conv5's small maps at CIFAR sizes
+mostly are not. (With --batchnorm=train, BatchNorm normalises by batch statistics:
+no fold.)
 
 As conv_forms.py, it changes only how this process's layers compute, and only while a function
 is traced inside `training()` (the frozen stages of a training step) or `inference()` (every
@@ -25,22 +35,30 @@ import tensorflow as tf
 from absl import logging
 
 
-def pairs(backbone: tf.keras.Model, frozen_only: bool = True
+WHICH = ("frozen", "trained", "all")
+
+
+def pairs(backbone: tf.keras.Model, which: str = "frozen"
           ) -> List[Tuple[tf.keras.layers.Layer, tf.keras.layers.Layer]]:
-    """(convolution, BatchNorm) for each frozen Conv2D whose output only a frozen BatchNorm
-    reads, in the backbone's order (ResNet50: every convolution of a frozen stage).
-    `frozen_only=False`: for inference, where every layer is frozen (all 53 of ResNet50)."""
+    """(convolution, BatchNorm) for each Conv2D whose output only a BatchNorm reads, in the
+    backbone's order. which: 'frozen', both layers frozen (ResNet50: every convolution of a
+    frozen stage); 'trained', both trained (for a step whose BatchNorm runs in inference mode);
+    'all', for inference, where nothing trains (all 53 of ResNet50)."""
+    assert which in WHICH, which
     found = []
     for layer in backbone.layers:
-        # Not trainable: Keras runs it in inference mode (in the head phase every layer of the
-        # backbone is, as the backbone is not trainable).
-        if type(layer) is not tf.keras.layers.BatchNormalization or \
-                (frozen_only and layer.trainable):
+        if type(layer) is not tf.keras.layers.BatchNormalization:
             continue
         if len(layer._inbound_nodes) != 1:  # called more than once: not one conv's follower
             continue
         conv = layer._inbound_nodes[0].inbound_layers
-        if type(conv) is not tf.keras.layers.Conv2D or (frozen_only and conv.trainable) or \
+        # Not trainable: Keras runs it in inference mode (in the head phase every layer of the
+        # backbone is, as the backbone is not trainable). A conv and BatchNorm of which one
+        # trains and one does not (not in ResNet50's stages) stay Keras's.
+        if which != "all" and (layer.trainable, getattr(conv, "trainable", None)) != \
+                ((which == "trained"),) * 2:
+            continue
+        if type(conv) is not tf.keras.layers.Conv2D or \
                 len(conv._inbound_nodes) != 1 or len(conv._outbound_nodes) != 1 or \
                 conv.activation not in (None, tf.keras.activations.linear) or \
                 conv.groups != 1 or conv.data_format != "channels_last" or \
@@ -90,12 +108,58 @@ def _folded_call(conv, kernel: tf.Variable, bias: tf.Variable):
     return call
 
 
+def _float32(variable):
+    # The float32 variable under Keras's AutoCastVariable, which a layer's call reads in the
+    # compute type (bfloat16 under mixed_bfloat16): the fold multiplies before it rounds. The
+    # tape records the read either way, so the gradient still reaches the trainable variable.
+    return tf.convert_to_tensor(getattr(variable, "_variable", variable))
+
+
+# Fold a trained pair in the step where its feature map has at least this many values per
+# weight of the convolution (per output channel: batch x output pixels against kernel height x
+# width x input channels). The fold's passes over the weights (the product, its two gradients,
+# in float32) then cost less than BatchNorm's over the feature map (forward, backward).
+ACTIVATIONS_PER_WEIGHT = 1.0
+
+
+def _folds_in_step(conv, inputs) -> bool:
+    shape = conv.compute_output_shape(inputs.shape)
+    if None in shape[:3]:  # a batch not known when traced: fold (the job's batches are)
+        return True
+    kh, kw, cin, _ = conv.kernel.shape
+    return shape[0] * shape[1] * shape[2] >= ACTIVATIONS_PER_WEIGHT * kh * kw * cin
+
+
+def _trained_call(conv, bn):
+    """The trained convolution with its inference-mode BatchNorm folded in, computed in the
+    step's graph from the weights as they are (see the module's note), or both as Keras
+    computes them where the fold would cost more (ACTIVATIONS_PER_WEIGHT)."""
+    def call(inputs):
+        if not _folds_in_step(conv, inputs):
+            y = type(conv).call(conv, inputs)
+            return type(bn).call(bn, y, training=False)
+        scale = tf.math.rsqrt(_float32(bn.moving_variance) + bn.epsilon)
+        if bn.scale:
+            scale *= _float32(bn.gamma)
+        bias = -_float32(bn.moving_mean)
+        if conv.use_bias:
+            bias += _float32(conv.bias)
+        bias *= scale
+        if bn.center:
+            bias += _float32(bn.beta)
+        dtype = conv.compute_dtype
+        # convolution_op: oneDNN's convolution, or the form conv_forms.training() gave it.
+        y = conv.convolution_op(inputs, tf.cast(_float32(conv.kernel) * scale, dtype))
+        return tf.nn.bias_add(y, tf.cast(bias, dtype))
+    return call
+
+
 def _identity(inputs, training=None, mask=None):
     return inputs
 
 
 @contextlib.contextmanager
-def _folded(found, folds: Folds) -> Iterator[None]:
+def _folded(found, folds: Folds, trained=()) -> Iterator[None]:
     replaced = []
     try:
         for conv, bn in found:
@@ -105,6 +169,10 @@ def _folded(found, folds: Folds) -> Iterator[None]:
             conv.call = _folded_call(conv, kernel, bias)
             bn.call = _identity
             replaced += [conv, bn]
+        for conv, bn in trained:
+            conv.call = _trained_call(conv, bn)
+            bn.call = _identity
+            replaced += [conv, bn]
         yield
     finally:
         for layer in replaced:
@@ -112,15 +180,21 @@ def _folded(found, folds: Folds) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def training(backbone: tf.keras.Model, folds: Folds, enabled: bool = True) -> Iterator[int]:
-    """Within it, the frozen convolutions compute with their BatchNorm folded in (yields how
-    many): trace the training step here. Refills `folds` from the current weights on entry."""
+def training(backbone: tf.keras.Model, folds: Folds, enabled: bool = True,
+             trained: bool = True) -> Iterator[int]:
+    """Within it, the frozen convolutions compute with their BatchNorm folded in, and with
+    `trained` (the step's BatchNorm in inference mode: model.batchnorm_is_affine) the trained
+    ones too, in the step (yields how many of each): trace the training step here. Refills
+    `folds` from the current weights on entry."""
     found = pairs(backbone) if enabled else []
-    with _folded(found, folds):
-        if found:
+    in_step = pairs(backbone, "trained") if enabled and trained else []
+    with _folded(found, folds, in_step):
+        if found or in_step:
             logging.info("--fold_batchnorm: %d frozen convolutions train with their BatchNorm "
-                         "folded in (%s)", len(found), found[0][0].compute_dtype)
-        yield len(found)
+                         "folded in, %d trained ones fold theirs in each step where their "
+                         "feature map outweighs their kernel (%s)", len(found), len(in_step),
+                         (found or in_step)[0][0].compute_dtype)
+        yield len(found), len(in_step)
 
 
 @contextlib.contextmanager
@@ -130,6 +204,6 @@ def inference(model: tf.keras.Model, folds: Folds) -> Iterator[int]:
     trace inference's functions here, and keep `folds`, whose variables they read. Not for a
     step that trains any layer."""
     nested = [model] + [layer for layer in model.layers if isinstance(layer, tf.keras.Model)]
-    found = [pair for m in nested for pair in pairs(m, frozen_only=False)]
+    found = [pair for m in nested for pair in pairs(m, "all")]
     with _folded(found, folds):
         yield len(found)
