@@ -1,8 +1,8 @@
 """What --conv_forms and --fold_batchnorm buy: the job's training step with its trained
 convolutions as oneDNN's convolutions (conv), as --conv_forms=auto chooses them on this machine
 (auto), all as matmuls (matmul), all with the weight gradient alone as a matmul (matmul_dw),
-each also with every BatchNorm folded as --fold_batchnorm folds it (+fold) or the frozen
-stages' alone (+fold_frozen), and
+each also with BatchNorm folded as --fold_batchnorm folds it (+fold), the frozen stages'
+alone (+fold_frozen) or every pair, whatever its sizes (+fold_every), and
 each layer shape's timing behind auto's choice; +keras_sgd: Keras's own SGD update
 instead of the job's fused one (resnet/training/optimizer.py).
 
@@ -34,8 +34,10 @@ from resnet.config import CONV_FORMS, Config
 from resnet.training import conv_forms, frozen
 from resnet.training.optimizer import compile_model
 
-# --conv_forms, and +fold: --fold_batchnorm (+fold_frozen: its frozen half)
+# --conv_forms, and +fold: --fold_batchnorm (+fold_frozen: its frozen half; +fold_every: its
+# trained half without the rule of frozen.ACTIVATIONS_PER_WEIGHT)
 SETTINGS = "conv,auto,matmul,matmul_dw,conv+fold,auto+fold_frozen,auto+fold"
+FOLDS = ("fold", "fold_frozen", "fold_every")
 
 
 def _train_steps(model, batch: int, config: Config, settings) -> dict:
@@ -54,11 +56,15 @@ def _train_steps(model, batch: int, config: Config, settings) -> dict:
         if "keras_sgd" in extras:  # Keras's own SGD update on the same weights (optimizer.py)
             model.optimizer = tf.keras.optimizers.SGD(0.001, momentum=config.momentum)
             model.optimizer.build(model.trainable_variables)
+        rule = frozen.ACTIVATIONS_PER_WEIGHT
+        if "fold_every" in extras:  # read when traced: every trained pair folds
+            frozen.ACTIVATIONS_PER_WEIGHT = 0.0
         with conv_forms.training(backbone, forms), \
-                frozen.training(backbone, folds, bool({"fold", "fold_frozen"} & set(extras)),
-                                trained="fold" in extras):
+                frozen.training(backbone, folds, bool(set(extras) & set(FOLDS)),
+                                trained=bool({"fold", "fold_every"} & set(extras))):
             fn = model.make_train_function(force=True)
             fn(data)  # traced here, inside the setting
+        frozen.ACTIVATIONS_PER_WEIGHT = rule
         model.optimizer = fused
         steps[setting] = (fn, forms)
     return steps, data, len(layers)
@@ -74,18 +80,19 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--settings", default=SETTINGS,
                    help="comma-separated: --conv_forms values, each optionally +fold "
-                   "(--fold_batchnorm: every BatchNorm folded, frozen and trained), "
-                   "+fold_frozen (the frozen stages' alone, the fold before 2026-12-03) and "
+                   "(--fold_batchnorm as the job folds: frozen pairs, and trained ones by size), "
+                   "+fold_frozen (the frozen stages' alone, the fold before 2026-12-03), "
+                   "+fold_every (every pair, whatever its sizes) and "
                    "+keras_sgd (Keras's SGD update, not the job's)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
     a = p.parse_args()
     settings = a.settings.split(",")
     for s in settings:  # before anything is built: a typo costs no model
         form, *extras = s.split("+")
-        if form not in CONV_FORMS or set(extras) - {"fold", "fold_frozen", "keras_sgd"}:
+        if form not in CONV_FORMS or set(extras) - set(FOLDS) - {"keras_sgd"}:
             p.error(f"--settings: {s}: use {', '.join(CONV_FORMS[:-1])} or {CONV_FORMS[-1]} "
-                    "(--conv_forms's values), each optionally +fold, +fold_frozen and "
-                    "+keras_sgd")
+                    "(--conv_forms's values), each optionally +fold, +fold_frozen, "
+                    "+fold_every and +keras_sgd")
     intra, inter = use_job_threads()
     model_lib.set_precision(a.precision)
     config = Config(train_from=a.train_from, image_size=a.image_size, weights="none")

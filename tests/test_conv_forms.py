@@ -209,5 +209,5 @@ def test_the_forms_benchmark_refuses_a_setting_it_does_not_know_before_building_
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "--settings: conv+flod: use auto, conv, matmul or matmul_dw (--conv_forms's values), " \
-           "each optionally +fold, +fold_frozen and +keras_sgd" in proc.stderr
+           "each optionally +fold, +fold_frozen, +fold_every and +keras_sgd" in proc.stderr
     assert "conv_forms=auto" not in proc.stderr  # nothing was timed or built
