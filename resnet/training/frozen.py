@@ -123,6 +123,9 @@ ACTIVATIONS_PER_WEIGHT = 1.0
 
 
 def _folds_in_step(conv, inputs) -> bool:
+    # Decided when the step is traced, from the tensor it is traced with: with progressive
+    # resizing (--start_image_size) the model takes any size, and a layer's map is known only
+    # then (each epoch's size traces its own step).
     shape = conv.compute_output_shape(inputs.shape)
     if None in shape[:3]:  # a batch not known when traced: fold (the job's batches are)
         return True
