@@ -92,11 +92,11 @@ def test_trained_pairs_fold_in_the_step_with_the_same_outputs_and_gradients(monk
     before, grads_before = _step(model, x)
     batchnorms = _ops(model, x).count("FusedBatchNormV3")
     # At 32 px every trained feature map is smaller than its kernel: nothing trained folds.
-    with frozen.training(backbone, frozen.Folds()) as n:
+    with frozen.training(backbone, frozen.Folds(), trained=True) as n:
         assert n == (24, 29)
         assert _ops(model, x).count("FusedBatchNormV3") == batchnorms - 24
     monkeypatch.setattr(frozen, "ACTIVATIONS_PER_WEIGHT", 0.0)  # every pair folds
-    with frozen.training(backbone, frozen.Folds()) as n:
+    with frozen.training(backbone, frozen.Folds(), trained=True) as n:
         inside, grads_inside = _step(model, x)
         assert _ops(model, x).count("FusedBatchNormV3") == batchnorms - 53 == 0
     np.testing.assert_allclose(inside, before, rtol=1e-4, atol=1e-6)
@@ -121,7 +121,7 @@ def test_a_trained_pair_folds_where_its_feature_map_outweighs_its_kernel():
     small = tf.keras.Model(inputs, x)
     data = tf.random.stateless_normal([4, 4, 4, 16], [1, 2])
     before = small(data).numpy()
-    with frozen.training(small, frozen.Folds()) as n:
+    with frozen.training(small, frozen.Folds(), trained=True) as n:
         assert n == (0, 2)
         fn = tf.function(lambda v: small(v, training=True))
         ops = [op.type for op in fn.get_concrete_function(data).graph.get_operations()]
@@ -149,7 +149,7 @@ def test_under_mixed_bfloat16_the_folded_weights_are_bfloat16(restored_process_s
     np.testing.assert_allclose(inside, before, atol=0.05)
     # The trained pairs too: their fold is multiplied in float32 and rounded once.
     monkeypatch.setattr(frozen, "ACTIVATIONS_PER_WEIGHT", 0.0)
-    with frozen.training(backbone, folds):
+    with frozen.training(backbone, folds, trained=True):
         every = model(x, training=True).numpy()
     assert np.argmax(every, 1).tolist() == np.argmax(before, 1).tolist()
     np.testing.assert_allclose(every, before, atol=0.05)

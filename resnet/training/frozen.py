@@ -184,11 +184,12 @@ def _folded(found, folds: Folds, trained=()) -> Iterator[None]:
 
 @contextlib.contextmanager
 def training(backbone: tf.keras.Model, folds: Folds, enabled: bool = True,
-             trained: bool = True) -> Iterator[int]:
+             trained: bool = False) -> Iterator[Tuple[int, int]]:
     """Within it, the frozen convolutions compute with their BatchNorm folded in, and with
-    `trained` (the step's BatchNorm in inference mode: model.batchnorm_is_affine) the trained
-    ones too, in the step (yields how many of each): trace the training step here. Refills
-    `folds` from the current weights on entry."""
+    `trained` (only where the step's BatchNorm runs in inference mode: model.batchnorm_is_affine;
+    off by default, as folding batch statistics would change the maths) the trained ones whose
+    feature map outweighs their kernel too, in the step. Yields how many pairs of each it may
+    fold: trace the training step here. Refills `folds` from the current weights on entry."""
     found = pairs(backbone) if enabled else []
     in_step = pairs(backbone, "trained") if enabled and trained else []
     with _folded(found, folds, in_step):
