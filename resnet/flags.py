@@ -101,9 +101,10 @@ def define(flag_values=flags.FLAGS) -> None:
                   "convolution with the frozen BatchNorm after it folded in (one convolution "
                   "and a bias, its weights once in the compute type), and with "
                   "--batchnorm=frozen each trained one whose feature map outweighs its kernel "
-                  "with its BatchNorm folded in the step. The same maths; weights, "
-                  "checkpoints, evaluation and saved models are unchanged. --nofold_batchnorm: "
-                  "Keras's BatchNorm layers as they are (the default until a full run).")
+                  "with its BatchNorm folded in the step; the evaluation scores with every "
+                  "BatchNorm folded in, as the export serves. The same maths up to round-off; "
+                  "weights, checkpoints and saved models are unchanged. --nofold_batchnorm: "
+                  "Keras's BatchNorm layers as they are.")
     f.DEFINE_float("bn_momentum", _D.bn_momentum, "Moving-average momentum with "
                    "--batchnorm=train.")
     f.DEFINE_float("label_smoothing", _D.label_smoothing, "Label smoothing for the training "

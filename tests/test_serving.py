@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -43,7 +44,25 @@ def trained(real_archive, tmp_path_factory):
     with open(os.path.join(model_dir, "metrics.json")) as f:
         evaluated = json.load(f)
     assert evaluated["mode"] == "eval_only" and evaluated["test_examples"] == 100
+    # Scored as the export serves (every BatchNorm folded in): the comparisons below are exact.
+    assert evaluated["evaluation_batchnorms_folded"] == 53
     return model_dir, evaluated
+
+
+def test_the_folded_evaluation_scores_as_keras_layers(trained, real_archive, tmp_path):
+    """The job's evaluation folds every BatchNorm in (--fold_batchnorm, the default); with
+    --nofold_batchnorm it computes Keras's own layers: the same scores up to round-off."""
+    model_dir, evaluated = trained
+    copy = str(tmp_path / "m")  # its own folder: the fixture's metrics.json stays as it is
+    shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("export"))
+    run_job([f"--data_dir={real_archive}", f"--model_dir={copy}", "--image_size=32",
+             "--batch_size=16", "--precision=fp32", "--weights=none", "--eval_only",
+             "--nofold_batchnorm"])
+    keras = json.load(open(os.path.join(copy, "metrics.json")))
+    assert keras["evaluation_batchnorms_folded"] == 0
+    assert keras["confusion_matrix"] == evaluated["confusion_matrix"]
+    # 1.2e-7 apart on an AVX-512 EPYC (float32): 1e-5 leaves other CPUs' summation orders room.
+    assert keras["test_loss"] == pytest.approx(evaluated["test_loss"], rel=1e-5)
 
 
 def _export(model_dir, *args):

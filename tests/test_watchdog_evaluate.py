@@ -91,3 +91,33 @@ def test_evaluation_summed_over_ranks_equals_one_rank(world_size):
         for key in ("test_accuracy", "test_examples", "confusion_matrix", "per_class_accuracy"):
             assert got[key] == one[key], key
         assert got["test_loss"] == pytest.approx(one["test_loss"], rel=1e-12)
+
+
+def _conv_model(num_classes):
+    """A convolution and the BatchNorm after it, its statistics and scale away from 1 and 0."""
+    tf.keras.utils.set_random_seed(4)
+    x = tf.keras.Input((32, 32, 3))
+    y = tf.keras.layers.Conv2D(8, 3, use_bias=False)(tf.keras.layers.Rescaling(1 / 255)(x))
+    bn = tf.keras.layers.BatchNormalization()
+    y = tf.keras.layers.GlobalAveragePooling2D()(tf.keras.layers.ReLU()(bn(y)))
+    model = tf.keras.Model(x, tf.keras.layers.Dense(num_classes, activation="softmax")(y))
+    rng = np.random.default_rng(1)
+    bn.set_weights([rng.uniform(0.5, 2, 8), rng.normal(0, 1, 8), rng.normal(0, 0.3, 8),
+                    rng.uniform(0.01, 0.2, 8)])
+    return model
+
+
+def test_the_folded_evaluation_scores_as_keras_layers_do():
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (23, 32, 32, 3), dtype=np.uint8),
+                  rng.integers(0, 4, 23).astype(np.int32))
+    names, model = ["a", "b", "c", "d"], _conv_model(4)
+    keras = evaluate(model, split, 0, 1, 4, names, allreduce_sum=lambda v: v)
+    folded = evaluate(model, split, 0, 1, 4, names, allreduce_sum=lambda v: v, fold=True)
+    assert keras["evaluation_batchnorms_folded"] == 0
+    assert folded["evaluation_batchnorms_folded"] == 1
+    assert folded["confusion_matrix"] == keras["confusion_matrix"]
+    assert folded["test_loss"] == pytest.approx(keras["test_loss"], rel=1e-5)
+    # The model's own layers again after it (the fold lives only inside the evaluation).
+    assert evaluate(model, split, 0, 1, 4, names, allreduce_sum=lambda v: v) == keras
+

@@ -21,7 +21,8 @@ def evaluate_test(model, test, world, config: Config, class_names,
                              name="eval_counts").numpy()
     return evaluate.evaluate(model, test, world.rank, world.size, config.batch_size, class_names,
                              allreduce_sum, on_batch, flip=config.test_time_flip,
-                             image_size=image_size or config.image_size)
+                             image_size=image_size or config.image_size,
+                             fold=config.fold_batchnorm)
 
 
 def finish(model, test, world, config: Config, class_names, history: list, epoch: int,

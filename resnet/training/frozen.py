@@ -22,8 +22,8 @@ no fold.)
 
 As conv_forms.py, it changes only how this process's layers compute, and only while a function
 is traced inside `training()` (the frozen stages of a training step) or `inference()` (every
-BatchNorm is an affine map when nothing trains: export.py's SavedModel and predict.py's Keras
-path). The model's weights, checkpoints, the job's evaluation and model.keras keep Keras's own
+BatchNorm is an affine map when nothing trains: the job's evaluation, export.py's SavedModel and
+predict.py's Keras path). The model's weights, checkpoints and model.keras keep Keras's own
 Conv2D and BatchNormalization; the folded weights live in a Folds, not on the layers.
 """
 
