@@ -240,3 +240,16 @@ def test_an_archive_that_lists_no_folders_keeps_its_test_split(tmp_path):
     assert not any(m.isdir() for m in tarfile.open(archive))
     data = source.open_data(str(archive), Config(data_dir=str(archive), weights="none"))
     assert (len(data.train), len(data.test)) == (10, 6) and data.why.endswith("test: test")
+
+
+def test_every_pipeline_runs_without_the_autotune_model(tmp_path, splits):
+    """Its thread held each epoch's end for up to a minute (pipeline.without_autotune_model):
+    the job's training and test pipelines, held in memory or streamed, are built without it."""
+    cifar_files.write_tree(str(tmp_path), ["a", "b"], 3, size=(72, 72), test_per_class=1)
+    (x, y), _ = splits
+    for split in (Split(x[:8], y[:8]), load(tmp_path, data_loading="stream").train):
+        shard = sharding.train_shard(len(split), 0, 0, 0, 1, 2)
+        for ds in (pipeline.train_dataset(split, shard, 2, 0, 0, 10, image_size=32),
+                   pipeline.eval_dataset(split, sharding.eval_shard(len(split), 0, 1, 2), 2,
+                                         10, image_size=32)):
+            assert ds.options().autotune.enabled is False

@@ -126,6 +126,7 @@ def run(scorer: Scorer, inputs: inputs_lib.Inputs, skipped: set, output: Output,
     """Score `inputs` but the `skipped` positions into `output` (rank 0's); returns the
     counts and the speed."""
     import tensorflow as tf
+    from resnet.data import pipeline
     world = world or ALONE
     if output.top > len(scorer.class_names):
         raise UsageError(f"--top={output.top}: the model knows {len(scorer.class_names)} "
@@ -136,7 +137,7 @@ def run(scorer: Scorer, inputs: inputs_lib.Inputs, skipped: set, output: Output,
     rounds = max(math.ceil(len(k) / batch_size) for k in kept)
     ds = inputs_lib.encoded(inputs.take(mine)).map(
         scorer.prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    batches = iter(ds.batch(batch_size).prefetch(2))
+    batches = iter(pipeline.without_autotune_model(ds.batch(batch_size).prefetch(2)))
     names, top = scorer.class_names, output.top
     progress = Progress(len(inputs) - len(skipped)) if world.is_chief else None
     pending: list = []  # rank 0: (position, classes, probabilities) not yet written
