@@ -12,7 +12,10 @@
    `model.predict` on the same weights (the tf_keras model at that precision), the same inputs.
    Images/s per core divide by the intra-op threads; `% of ceiling` is the model's forward
    FLOPs times images/s over the convolution ceiling.
-3. Batch inference of real CIFAR-10 test JPEGs (../shared, extracted to files): predict.py's
+3. With two precisions: their exports' batch-64 throughput again, the calls alternating
+   (--interleaved rounds), and the median of each round's bf16 / fp32: the ratio the bars ask
+   for, measured so that the machine's drift falls on both alike.
+4. Batch inference of real CIFAR-10 test JPEGs (../shared, extracted to files): predict.py's
    streaming path (read, decode, prepare in tf.data, the default recipe's model: 32 px input
    resized to 96 inside) against `model.predict` on the same images decoded beforehand, two
    interleaved rounds; and predict.py's peak RSS at N/2 and N images (its memory bound).
@@ -28,6 +31,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -75,11 +79,39 @@ def _throughput(call, batch: int, repeats: int) -> float:
     return batch * repeats / (time.perf_counter() - start)
 
 
-def model_rows(size: int, precision: str, work: str, cores: int, ceil: dict, quick: bool):
+def interleaved(serves: dict, size: int, cores: int, rounds: int) -> dict:
+    """Batch-64 throughput of each precision's export, the calls alternating (the machine's
+    speed drifts from minute to minute): images/s per core per call, and the median of each
+    round's bf16 / fp32."""
+    many = tf.constant(np.random.default_rng(1).integers(0, 256, (64, size, size, 3),
+                                                         dtype=np.uint8))
+    rates = {p: [] for p in serves}
+    for serve in serves.values():
+        serve(images=many)  # warm
+    for r in range(rounds):
+        order = list(serves) if r % 2 == 0 else list(serves)[::-1]
+        for p in order:
+            start = time.perf_counter()
+            serves[p](images=many)
+            rates[p].append(64 / (time.perf_counter() - start) / cores)
+    out = {"size": size, "rounds": rounds,
+           "images_per_s_per_core": {p: statistics.median(v) for p, v in rates.items()},
+           "per_call": rates}
+    if "fp32" in rates and "bf16" in rates:
+        ratios = [b / f for b, f in zip(rates["bf16"], rates["fp32"])]
+        out["bf16_over_fp32"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                 "max": max(ratios)}
+    return out
+
+
+def model_rows(size: int, precision: str, work: str, cores: int, ceil: dict, quick: bool,
+               serves: Optional[dict] = None):
     from resnet.serving import export as export_lib
     d = _model_dir(size, size, work)
     path = export_lib.export(d, os.path.join(d, "export"), precision)
     serve = tf.saved_model.load(path).signatures["pixels"]
+    if serves is not None:
+        serves[precision] = serve
     model_lib.set_precision(precision, warn=False)
     keras_model = model_lib.build(len(CLASSES), size, "none", 0, input_size=size)
     keras_model.set_weights(tf.keras.models.load_model(os.path.join(d, "model.keras"),
@@ -184,6 +216,9 @@ def main(argv=None) -> int:
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--cifar", type=int, default=10000, help="CIFAR-10 test JPEGs (0: skip)")
     p.add_argument("--quick", action="store_true", help="few repeats: a check, not a figure")
+    p.add_argument("--interleaved", type=int, default=8,
+                   help="alternating batch-64 calls per precision and size, after the rows "
+                        "(0: none)")
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out", "inference.json"))
     a = p.parse_args(argv)
     intra, _ = use_job_threads()
@@ -194,11 +229,17 @@ def main(argv=None) -> int:
                                                                time.gmtime()),
               "ceiling": {pr: ceiling(pr) for pr in precisions}, "models": []}
     with tempfile.TemporaryDirectory() as work:
+        result["interleaved"] = []
         for size in (int(s) for s in a.sizes.split(",") if s):
+            serves = {}
             for precision in precisions:
                 result["models"] += model_rows(size, precision, work, intra, result["ceiling"],
-                                               a.quick)
+                                               a.quick, serves)
                 print(_table(result["models"][-2:]), flush=True)
+            if a.interleaved and len(serves) > 1:
+                result["interleaved"].append(interleaved(serves, size, intra, a.interleaved))
+                print(json.dumps({k: v for k, v in result["interleaved"][-1].items()
+                                  if k != "per_call"}), flush=True)
         if a.cifar:
             result["cifar"] = cifar_rows(a.cifar, work, intra)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
@@ -206,6 +247,8 @@ def main(argv=None) -> int:
         json.dump(result, f, indent=2)
     print("ceiling (GFLOP/s):", json.dumps(result["ceiling"]))
     print(_table(result["models"]))
+    for row in result["interleaved"]:
+        print(json.dumps({k: v for k, v in row.items() if k != "per_call"}))
     if a.cifar:
         print(json.dumps(result["cifar"], indent=2))
     return 0

@@ -152,3 +152,24 @@ def test_precisions_refuses_what_it_cannot_measure():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.precisions", "--steps=2"], cwd=ROOT,
                           env=job_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "at least 1 round of 3 steps" in proc.stderr, proc.stderr
+
+
+def test_inference_interleaves_the_precisions_and_reports_each_rounds_ratio():
+    import tensorflow as tf
+    from benchmarks import inference
+
+    calls = []
+
+    def serve(name):
+        def call(images):
+            calls.append(name)
+            return tf.reduce_sum(tf.cast(images, tf.float32))
+        return call
+    got = inference.interleaved({"fp32": serve("fp32"), "bf16": serve("bf16")}, 8, 2, 4)
+    # A warm-up call each, then the order alternating round by round.
+    assert calls == ["fp32", "bf16"] + ["fp32", "bf16", "bf16", "fp32"] * 2
+    fp32, bf16 = got["per_call"]["fp32"], got["per_call"]["bf16"]
+    assert len(fp32) == len(bf16) == 4 and min(fp32 + bf16) > 0
+    ratios = sorted(b / f for b, f in zip(bf16, fp32))
+    assert got["bf16_over_fp32"] == {"median": (ratios[1] + ratios[2]) / 2, "min": ratios[0],
+                                     "max": ratios[-1]}
