@@ -85,10 +85,10 @@ def _batched(ds, batch_size: int):
 
 def without_autotune_model(ds: tf.data.Dataset) -> tf.data.Dataset:
     """`ds` without tf.data's autotuning model. An iterator's destructor waits for the model's
-    thread, and on TensorFlow 2.21 that thread sleeps out its optimisation period before it sees
-    the cancellation (gdb: the main thread in ~RootDataset::Iterator, the tf_data_model thread
-    in OptimizeLoop's timed wait): seconds to most of a minute between an epoch's last step and
-    its evaluation, at random. The input is a small share of a step, and without the model
+    thread, and on TensorFlow 2.21 under Keras's fit that thread was seen waiting out its
+    optimisation period (gdb: the main thread in ~RootDataset::Iterator, the tf_data_model
+    thread in OptimizeLoop's timed wait): seconds to most of a minute between an epoch's last
+    step and its evaluation, at random. The input is a small share of a step, and without the model
     AUTOTUNE's parallelism is this machine's core count and prefetch tunes its own buffer."""
     o = tf.data.Options()
     o.autotune.enabled = False

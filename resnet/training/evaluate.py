@@ -13,7 +13,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
-
 from absl import logging
 
 from resnet.data import pipeline
