@@ -59,12 +59,14 @@ def _train_steps(model, batch: int, config: Config, settings) -> dict:
         rule = frozen.ACTIVATIONS_PER_WEIGHT
         if "fold_every" in extras:  # read when traced: every trained pair folds
             frozen.ACTIVATIONS_PER_WEIGHT = 0.0
-        with conv_forms.training(backbone, forms), \
-                frozen.training(backbone, folds, bool(set(extras) & set(FOLDS)),
-                                trained=bool({"fold", "fold_every"} & set(extras))):
-            fn = model.make_train_function(force=True)
-            fn(data)  # traced here, inside the setting
-        frozen.ACTIVATIONS_PER_WEIGHT = rule
+        try:
+            with conv_forms.training(backbone, forms), \
+                    frozen.training(backbone, folds, bool(set(extras) & set(FOLDS)),
+                                    trained=bool({"fold", "fold_every"} & set(extras))):
+                fn = model.make_train_function(force=True)
+                fn(data)  # traced here, inside the setting
+        finally:  # the next setting traces with the job's rule
+            frozen.ACTIVATIONS_PER_WEIGHT = rule
         model.optimizer = fused
         steps[setting] = (fn, forms)
     return steps, data, len(layers)
