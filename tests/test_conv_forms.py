@@ -124,6 +124,20 @@ def test_auto_times_once_per_machine_and_survives_a_corrupt_cache(tmp_path, monk
     assert isinstance(forms, dict)
 
 
+def test_timings_under_one_onednn_isa_cap_do_not_decide_for_another(monkeypatch):
+    # ONEDNN_MAX_CPU_ISA is read when oneDNN first dispatches, so the key is all that can differ
+    # in one process: a cap set for a later run must give that run timings of its own.
+    for name in conv_forms.ONEDNN_KEY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    uncapped = conv_forms.machine_key()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    capped = conv_forms.machine_key()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert len({uncapped, capped, conv_forms.machine_key()}) == 3
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert "TF_ENABLE_ONEDNN_OPTS=0" in conv_forms.machine_key()
+
+
 def test_the_weight_gradient_form_keeps_the_convolution_and_only_its_weight_gradient_differs():
     model = model_lib.build(10, 32, "none", 0)
     model_lib.set_trainable(model, "full", "conv5")

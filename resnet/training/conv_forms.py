@@ -267,16 +267,24 @@ def read_cache() -> dict:
     return entries if isinstance(entries, dict) else {}
 
 
+# Settings that change which kernels oneDNN runs on the same CPU: oneDNN on or off in
+# TensorFlow, and a cap or hint on its instruction set (a user comparing AVX2 with AVX-512 on
+# one machine, or AMX with AVX512-BF16). Timings under one must not decide for another.
+ONEDNN_KEY_ENV = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
+                  "ONEDNN_CPU_ISA_HINTS", "DNNL_CPU_ISA_HINTS")
+
+
 def machine_key() -> str:
     """What a timing depends on besides the shape: the CPU, TensorFlow (its oneDNN), how this
-    process computes (model.numerics: the compute type, a bf16 graph pass or math mode) and its
-    threads."""
+    process computes (model.numerics: the compute type, a bf16 graph pass or math mode), oneDNN's
+    own settings (ONEDNN_KEY_ENV, where set) and its threads."""
     model = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         model = next((line.split(":", 1)[1].strip() for line in f
                       if line.startswith("model name")), "")
     flags = hashlib.sha256(" ".join(sorted(topology.cpu_flags() or ())).encode()).hexdigest()[:12]
-    return (f"{model} flags:{flags} tf{tf.__version__} {model_lib.numerics()} {METHOD} "
+    onednn = "".join(f" {k}={os.environ[k]}" for k in ONEDNN_KEY_ENV if os.environ.get(k))
+    return (f"{model} flags:{flags} tf{tf.__version__} {model_lib.numerics()}{onednn} {METHOD} "
             f"intra{tf.config.threading.get_intra_op_parallelism_threads()} "
             f"inter{tf.config.threading.get_inter_op_parallelism_threads()}")
 
