@@ -2,11 +2,13 @@
 
   .venv/bin/python -m benchmarks.ceiling                 # fp32 and bf16, GFLOP/s, as JSON
   .venv/bin/python -m benchmarks.ceiling --sizes=32,96   # and ResNet50's FLOPs per image
+  .venv/bin/python -m benchmarks.ceiling --sizes=96 --train_from=conv4,conv1  # and a step's
 
 The ceiling is TensorFlow's own kernels at their best on this machine, through oneDNN as the job
 runs them: a 2048 x 2048 matmul and a 3x3 convolution (batch 32, 28x28x128 to 128, a ResNet50
-conv3 layer) in GFLOP/s. A training step's FLOPs per image are 3x its forward pass's (forward,
-input gradient, weight gradient) when every stage trains.
+conv3 layer) in GFLOP/s. A training step computes the whole forward pass and the trained layers'
+input and weight gradients, each as many FLOPs as their forward (train_flops): nearly 3x the
+forward pass when every stage trains, less with stages frozen.
 """
 
 import argparse
@@ -18,8 +20,7 @@ import resnet  # noqa: F401  (first: the job's environment before TensorFlow loa
 import tensorflow as tf
 
 from benchmarks.common import use_job_threads
-
-TRAIN_FLOPS_PER_FORWARD = 3
+from resnet.config import STAGES
 
 
 def _rate(fn, flops: float, repeats: int) -> float:
@@ -62,16 +63,51 @@ def resnet_forward_flops(image_size: int) -> float:
     return forward_flops(model_lib.build(10, image_size, "none", 0), 32)
 
 
+def trained_forward_flops(image_size: int, train_from: str) -> float:
+    """One image's forward FLOPs in the layers that train from stage `train_from` on (their
+    convolutions and the head, 2 per multiply-add, from the layers' shapes): the backward pass
+    computes twice this, a data and a weight gradient (the first trained layers' data gradients,
+    which nothing reads, are counted too: about 1% at conv4)."""
+    from resnet import model as model_lib
+    model = model_lib.build(10, image_size, "none", 0)
+    model_lib.set_trainable(model, "full", train_from)
+    total = 0
+    for layer in model_lib.backbone(model).layers + [model.get_layer("logits")]:
+        if not layer.trainable:
+            continue
+        if isinstance(layer, tf.keras.layers.Conv2D):
+            rows, cols, channels, filters = layer.kernel.shape
+            _, height, width, _ = layer.output.shape
+            total += 2 * height * width * rows * cols * channels * filters
+        elif isinstance(layer, tf.keras.layers.Dense):
+            total += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+    return float(total)
+
+
+def train_flops(forward: float, image_size: int, train_from: str) -> float:
+    """One image's FLOPs in a training step, given its `forward` FLOPs: the forward pass and the
+    trained layers' two gradients (nearly 3x the forward when every stage trains)."""
+    return forward + 2 * trained_forward_flops(image_size, train_from)
+
+
 def main():
     p = argparse.ArgumentParser(prog="python -m benchmarks.ceiling",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--precisions", default="fp32,bf16")
     p.add_argument("--sizes", default="", help="image sizes whose forward FLOPs to count")
+    p.add_argument("--train_from", default="",
+                   help="stages, comma-separated: and a training step's FLOPs per image with the "
+                        "stages before each frozen")
     a = p.parse_args()
+    sizes = [int(s) for s in a.sizes.split(",") if s]
+    stages = [s for s in a.train_from.split(",") if s]
+    if [s for s in stages if s not in STAGES]:
+        p.error(f"--train_from={a.train_from}: use some of {', '.join(STAGES)}")
     use_job_threads()
     out = {"ceiling": {pr: ceiling(pr) for pr in a.precisions.split(",")},
-           "forward_flops": {int(s): resnet_forward_flops(int(s))
-                             for s in a.sizes.split(",") if s}}
+           "forward_flops": {s: resnet_forward_flops(s) for s in sizes}}
+    out["train_flops"] = {stage: {s: train_flops(out["forward_flops"][s], s, stage)
+                                  for s in sizes} for stage in stages}
     json.dump(out, sys.stdout)
     print()
 

@@ -6,9 +6,9 @@
 Each measurement is its own process (a precision is a process's: Keras's global policy, the
 graph pass, oneDNN's math mode read once), one after another, never two at once. The rounds
 alternate the order of the precisions, so a slow spell of a shared machine falls on each in
-turn; each figure pools the 3-step windows of its rounds (benchmarks.harness). `% of ceiling`
-is given where every stage trains (the FLOPs are then 3x the forward pass's), against the conv
-rate of benchmarks.ceiling at fp32 for fp32 and at bf16 for the three bf16 modes.
+turn; each figure pools the 3-step windows of its rounds (benchmarks.harness). `% of ceiling`:
+the step's FLOPs as benchmarks.ceiling counts them (the forward pass and the trained layers' two
+gradients) against its conv rate at fp32 for fp32 and at bf16 for the three bf16 modes.
 Raw figures: bench_out/precisions.json; the table goes to stdout for BENCHMARKS.md.
 """
 
@@ -19,16 +19,15 @@ import sys
 import time
 
 from benchmarks import harness
-from benchmarks.ceiling import TRAIN_FLOPS_PER_FORWARD
 from benchmarks.common import ROOT
 from resnet.config import PRECISIONS
 
-# name -> (image size, batch, train_dist flags on top of the harness's, every stage trains)
+# name -> (image size, batch, the first stage that trains)
 SETTINGS = {
-    "recipe96": (96, 64, ["--train_from=conv4"], False),  # the default recipe, 1 rank
-    "layers128": (128, 32, ["--train_from=conv4"], False),  # its layers at 128 px
-    "all224": (224, 16, [], True),  # every stage training at ImageNet's size
-    "tiny": (32, 8, ["--train_from=conv5"], False),  # a smoke run (tests)
+    "recipe96": (96, 64, "conv4"),  # the default recipe, 1 rank
+    "layers128": (128, 32, "conv4"),  # its layers at 128 px
+    "all224": (224, 16, "conv1"),  # every stage training at ImageNet's size
+    "tiny": (32, 8, "conv5"),  # a smoke run (tests)
 }
 DEFAULT_SETTINGS = "recipe96,layers128,all224"
 DEFAULT_PRECISIONS = "fp32,bf16,bf16_amp,bf16_fpmath"
@@ -43,34 +42,41 @@ def _parse(text: str, known, what: str) -> list:
     return names
 
 
+def _extra(stage: str) -> list:
+    """train_dist.py's flags on top of the harness's (which trains every stage)."""
+    return [] if stage == "conv1" else [f"--train_from={stage}"]
+
+
 def run(settings, precisions, rounds: int, steps: int) -> dict:
     result = {"machine": harness.machine(), "steps": steps, "rounds": rounds,
               "window_steps": harness.WINDOW, "figures": {}}
     for r in range(rounds):
         order = precisions if r % 2 == 0 else precisions[::-1]
         for name in settings:
-            size, batch, extra, _ = SETTINGS[name]
+            size, batch, stage = SETTINGS[name]
             for precision in order:
                 print(f"bench: round {r + 1}/{rounds} {name} {precision}", file=sys.stderr,
                       flush=True)
-                figure = harness.train_dist(size, precision, batch, steps, extra=extra)
+                figure = harness.train_dist(size, precision, batch, steps, extra=_extra(stage))
                 key = f"{name} {precision}"
                 seen = result["figures"].get(key)
                 result["figures"][key] = figure if seen is None else harness.pool(seen, figure)
-    sizes = sorted({SETTINGS[n][0] for n in settings if SETTINGS[n][3]})
+    sizes = sorted({SETTINGS[n][0] for n in settings})
+    stages = sorted({SETTINGS[n][2] for n in settings})
     out = harness._run([sys.executable, "-m", "benchmarks.ceiling",
-                        f"--sizes={','.join(map(str, sizes))}"], harness._env())
+                        f"--sizes={','.join(map(str, sizes))}",
+                        f"--train_from={','.join(stages)}"], harness._env())
     result["ceiling"] = json.loads(out.strip().splitlines()[-1]) if out else None
     return result
 
 
 def _pct(result, name, precision, figure) -> str:
-    size, _, _, every_stage = SETTINGS[name]
+    size, _, stage = SETTINGS[name]
     c = result.get("ceiling")
-    if not every_stage or not c or "median" not in figure:
-        return "-"
+    if not c or "median" not in figure or stage not in c.get("train_flops", {}):
+        return "-"  # no ceiling run, or one from before steps were counted with stages frozen
     rate = c["ceiling"]["fp32" if precision == "fp32" else "bf16"]["conv_gflops"]
-    gflops = figure["median"] * TRAIN_FLOPS_PER_FORWARD * c["forward_flops"][str(size)] / 1e9
+    gflops = figure["median"] * c["train_flops"][stage][str(size)] / 1e9
     return f"{100 * gflops / rate:.0f}%"
 
 
@@ -85,7 +91,8 @@ def markdown(result: dict) -> str:
              "| --- | --- | --- | --- | --- |"]
     for key, figure in result["figures"].items():
         name, precision = key.split(" ")
-        size, batch, extra, _ = SETTINGS[name]
+        size, batch, stage = SETTINGS[name]
+        extra = _extra(stage)
         fp32 = result["figures"].get(f"{name} fp32", {})
         lines.append(f"| {name}: {size} px, batch {batch}{', ' + ' '.join(extra) if extra else ''}"
                      f" | {precision} | {harness._fmt(figure)} | {harness._ratio(figure, fp32)} | "

@@ -14,6 +14,9 @@ runs the job itself for --warmup_steps steps, then profiles --profile_steps step
     Horovod's allreduce, an asynchronous op, counts from its start to its done: it overlaps
     the backward pass, so its row says how long the gradients were in flight, not what the
     step waited for (benchmarks.allreduce measures the network alone).
+Then, on rank 0, benchmarks.ceiling in a fresh process: the step's FLOPs counted (the forward
+pass and the trained layers' two gradients) and this machine's 3x3 convolution rate right after
+the steps, so the table says how far the step is from the hardware (`% of ceiling`).
 Prints per-step tables on rank 0 (markdown, for BENCHMARKS.md) and writes
 bench_out/profile.json. Op times are summed over threads: with --inter_op_threads above 1 ops run
 side by side and their sum can pass the wall time.
@@ -24,6 +27,7 @@ import contextlib
 import glob
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +43,8 @@ from resnet import flags as resnet_flags  # noqa: E402
 resnet_flags.define()
 flags.DEFINE_integer("warmup_steps", 3, "Steps run before the profile (tracing, first touches).")
 flags.DEFINE_integer("profile_steps", 4, "Steps profiled.")
+flags.DEFINE_bool("ceiling", True, "Count the step's FLOPs and measure this machine's "
+                  "convolution rate after the steps (benchmarks.ceiling, in a process of its own).")
 flags.DEFINE_string("out", os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "bench_out"), "Where profile.json goes.")
 FLAGS = flags.FLAGS
@@ -195,14 +201,49 @@ def main(argv):
             primitives = onednn_rows(f, FLAGS.profile_steps)
         ops = tf_op_times(os.path.join(work, "trace"), FLAGS.profile_steps)
     import tensorflow as tf
-    result = {"config": config.effective().to_dict(), "ranks": ranks,
+    effective = config.effective()
+    result = {"config": effective.to_dict(), "ranks": ranks,
               "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
               "step_ms": profile.seconds * 1e3, "onednn": [[*k, *v] for k, v in primitives.items()],
-              "tf_ops": ops, "machine": _machine()}
+              "tf_ops": ops, "machine": _machine(),
+              "ceiling": _ceiling(effective) if FLAGS.ceiling else None}
     os.makedirs(FLAGS.out, exist_ok=True)
     with open(os.path.join(FLAGS.out, "profile.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(report(result))
+
+
+def _ceiling(config) -> dict:
+    """benchmarks.ceiling for this step's precision, size and frozen stages, in a process of its
+    own (TensorFlow as the job sets it up, without the oneDNN log)."""
+    precision = "fp32" if config.precision == "fp32" else "bf16"
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_VERBOSE", "DNNL_VERBOSE")}
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    size = config.image_size_at(0)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.ceiling", f"--precisions={precision}",
+                          f"--sizes={size}", f"--train_from={config.train_from}"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    c = json.loads(out.strip().splitlines()[-1])
+    return {"precision": precision, "conv_gflops": c["ceiling"][precision]["conv_gflops"],
+            "matmul_gflops": c["ceiling"][precision]["matmul_gflops"],
+            "forward_flops": c["forward_flops"][str(size)],
+            "train_flops": c["train_flops"][config.train_from][str(size)]}
+
+
+def ceiling_line(r: dict) -> str:
+    """The step's counted FLOPs against this machine's convolution rate, in one sentence."""
+    c, step = r.get("ceiling"), r["step_ms"] / 1e3
+    if not c:
+        return ""
+    images = r["config"]["batch_size"] * r["ranks"]
+    gflop = images * c["train_flops"] / 1e9
+    rate = gflop / step / r["ranks"]  # the ceiling is one process with a rank's threads
+    return (f"A step is about {gflop:.1f} GFLOP ({images} images x {c['train_flops'] / 1e9:.2f}: "
+            f"the forward pass and the trained layers' two gradients, counted by "
+            f"benchmarks.ceiling), so it computes {rate:.1f} GFLOP/s per rank: **"
+            f"{100 * rate / c['conv_gflops']:.0f}% of this machine's {c['precision']} 3x3 "
+            f"convolution rate** ({c['conv_gflops']:.1f} GFLOP/s, matmul "
+            f"{c['matmul_gflops']:.1f}, measured right after the steps).")
 
 
 def _machine() -> dict:
@@ -220,6 +261,7 @@ def report(r: dict) -> str:
            f"{c['precision']}, --conv_forms={c['conv_forms']}; {FLAGS.profile_steps} steps "
            f"after {FLAGS.warmup_steps}", "",
            f"**One step: {step:.0f} ms wall ({images / step * 1e3:.1f} images/s).**", "",
+           *([ceiling_line(r), ""] if r.get("ceiling") else []),
            "oneDNN primitives, per step:", "",
            "| primitive | propagation | implementation | calls | ms | of the step |",
            "| --- | --- | --- | --- | --- | --- |"]
