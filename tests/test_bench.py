@@ -190,3 +190,11 @@ def test_a_steps_flops_count_the_trained_layers_gradients_and_not_the_frozen_one
     every = ceiling.trained_forward_flops(32, "conv1")
     assert 0.95 < every / forward < 1.0
     assert ceiling.train_flops(forward, 32, "conv1") == forward + 2 * every
+
+
+def test_ceiling_refuses_a_stage_it_does_not_know():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.ceiling", "--sizes=32",
+                           "--train_from=conv4,conv9"], cwd=ROOT, env=job_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "--train_from=conv4,conv9: use some of conv1, conv2, conv3, conv4, conv5" in proc.stderr
