@@ -57,19 +57,25 @@ def forward_flops(model, side: int) -> float:
     return float(tf.compat.v1.profiler.profile(graph, options=opts).total_float_ops)
 
 
-def resnet_forward_flops(image_size: int) -> float:
-    """One image's forward FLOPs through the job's model (resnet.model) at `image_size`."""
+def model_at(image_size: int) -> tf.keras.Model:
+    """The job's model (resnet.model) at `image_size`, untrained: what the counts below read."""
     from resnet import model as model_lib
-    return forward_flops(model_lib.build(10, image_size, "none", 0), 32)
+    return model_lib.build(10, image_size, "none", 0)
 
 
-def trained_forward_flops(image_size: int, train_from: str) -> float:
-    """One image's forward FLOPs in the layers that train from stage `train_from` on (their
+def resnet_forward_flops(image_size: int, model=None) -> float:
+    """One image's forward FLOPs through the job's model at `image_size` (`model`: that model,
+    when it is already built)."""
+    return forward_flops(model or model_at(image_size), 32)
+
+
+def trained_forward_flops(model, train_from: str) -> float:
+    """One image's forward FLOPs in the layers of `model` (model_at) that train from stage
+    `train_from` on (their
     convolutions and the head, 2 per multiply-add, from the layers' shapes): the backward pass
     computes twice this, a data and a weight gradient (the first trained layers' data gradients,
     which nothing reads, are counted too: about 1% at conv4)."""
     from resnet import model as model_lib
-    model = model_lib.build(10, image_size, "none", 0)
     model_lib.set_trainable(model, "full", train_from)
     total = 0
     for layer in model_lib.backbone(model).layers + [model.get_layer("logits")]:
@@ -84,10 +90,10 @@ def trained_forward_flops(image_size: int, train_from: str) -> float:
     return float(total)
 
 
-def train_flops(forward: float, image_size: int, train_from: str) -> float:
-    """One image's FLOPs in a training step, given its `forward` FLOPs: the forward pass and the
-    trained layers' two gradients (nearly 3x the forward when every stage trains)."""
-    return forward + 2 * trained_forward_flops(image_size, train_from)
+def train_flops(forward: float, model, train_from: str) -> float:
+    """One image's FLOPs in a training step of `model`, given its `forward` FLOPs: the forward
+    pass and the trained layers' two gradients (nearly 3x the forward when every stage trains)."""
+    return forward + 2 * trained_forward_flops(model, train_from)
 
 
 def main():
@@ -105,9 +111,12 @@ def main():
         p.error(f"--train_from={a.train_from}: use some of {', '.join(STAGES)}")
     use_job_threads()
     out = {"ceiling": {pr: ceiling(pr) for pr in a.precisions.split(",")},
-           "forward_flops": {s: resnet_forward_flops(s) for s in sizes}}
-    out["train_flops"] = {stage: {s: train_flops(out["forward_flops"][s], s, stage)
-                                  for s in sizes} for stage in stages}
+           "forward_flops": {}, "train_flops": {stage: {} for stage in stages}}
+    for size in sizes:  # one model per size: each stage's count only reads its layers' shapes
+        model = model_at(size)
+        out["forward_flops"][size] = forward = resnet_forward_flops(size, model)
+        for stage in stages:
+            out["train_flops"][stage][size] = train_flops(forward, model, stage)
     json.dump(out, sys.stdout)
     print()
 

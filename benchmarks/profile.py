@@ -232,9 +232,7 @@ def _ceiling(config) -> dict:
 
 def ceiling_line(r: dict) -> str:
     """The step's counted FLOPs against this machine's convolution rate, in one sentence."""
-    c, step = r.get("ceiling"), r["step_ms"] / 1e3
-    if not c:
-        return ""
+    c, step = r["ceiling"], r["step_ms"] / 1e3
     images = r["config"]["batch_size"] * r["ranks"]
     gflop = images * c["train_flops"] / 1e9
     rate = gflop / step / r["ranks"]  # the ceiling is one process with a rank's threads

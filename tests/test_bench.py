@@ -184,12 +184,14 @@ def test_a_steps_flops_count_the_trained_layers_gradients_and_not_the_frozen_one
     # and the head (2048->10); 2 FLOPs each.
     block1 = 1024 * 512 + 9 * 512 * 512 + 512 * 2048 + 1024 * 2048
     block = 2048 * 512 + 9 * 512 * 512 + 512 * 2048
-    assert ceiling.trained_forward_flops(32, "conv5") == 2 * (block1 + 2 * block + 2048 * 10)
+    model = ceiling.model_at(32)
+    assert ceiling.trained_forward_flops(model, "conv5") == \
+        2 * (block1 + 2 * block + 2048 * 10)
     # Every stage training: the trained convolutions are (nearly) the whole forward pass.
-    forward = ceiling.resnet_forward_flops(32)
-    every = ceiling.trained_forward_flops(32, "conv1")
+    forward = ceiling.resnet_forward_flops(32, model)
+    every = ceiling.trained_forward_flops(model, "conv1")
     assert 0.95 < every / forward < 1.0
-    assert ceiling.train_flops(forward, 32, "conv1") == forward + 2 * every
+    assert ceiling.train_flops(forward, model, "conv1") == forward + 2 * every
 
 
 def test_ceiling_refuses_a_stage_it_does_not_know():
