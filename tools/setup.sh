@@ -82,9 +82,11 @@ horovod_version=$("$root/tools/horovod_source.sh" --version)  # pinned, with its
 
 # --- The venv --------------------------------------------------------------------------------
 stamp="$venv/.setup-complete"
-# What a finished set-up is made of: the Python, the pins, the patches and this script.
+# What a finished set-up is made of: the Python, the pins, the patches, our kernels' sources and
+# this script.
 want_stamp=$(cat <(echo "python $want_py") "$root/requirements.txt" "$root/requirements-nodeps.txt" \
-             "$root"/third_party/horovod/*.patch "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)
+             "$root"/third_party/horovod/*.patch "$root"/resnet/kernels/*.cc \
+             "$root"/resnet/kernels/*.py "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)
 
 have_py=""
 [[ -e $venv ]] && have_py=$(py_version "$venv/bin/python")
@@ -156,6 +158,13 @@ if ! horovod_ok; then
   "${pip[@]}" install --no-deps --force-reinstall "$wheels"/horovod-"$horovod_version"-*.whl
   horovod_ok || die "horovod installed but does not import with TensorFlow, MPI and Gloo support"
 fi
+
+# --- The job's own CPU kernels (resnet/kernels), compiled for this machine's TensorFlow -------
+# About 20 s. The job runs without them (TensorFlow's own kernels, slower in bf16), so a failed
+# build is said, not fatal; tests/test_kernels.py fails on a set-up that did not build them.
+log "building resnet/kernels against TensorFlow $tf_version"
+(cd "$root" && "$vpy" -m resnet.kernels.build >/dev/null) ||
+  log "WARNING: resnet/kernels not built (above): bf16 steps use TensorFlow's slower kernels"
 
 echo "$want_stamp" >"$stamp"
 log "ready: $venv (Python $want_py, TensorFlow $tf_version, horovod $horovod_version patched)"

@@ -1,0 +1,60 @@
+"""Build the job's kernels for this environment: `python -m resnet.kernels.build` (tools/setup.sh
+runs it). Prints the library's path; a second run finds it and compiles nothing.
+
+Compiled with g++ against the installed TensorFlow's headers and library (about 10 s). Written
+to a temporary name and renamed, so that a process loading it never sees half a file. Exit 1,
+with what to do, when there is no compiler or the compile fails.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import resnet  # noqa: F401  (the job's environment before TensorFlow loads)
+from resnet import kernels
+
+
+def build(prefix=None, compiler: str = "g++") -> str:
+    """The library's path, compiled first if it is not there."""
+    path = kernels.library_path(prefix)
+    if os.path.exists(path):
+        return path
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no {compiler} on PATH to build resnet/kernels: install one (Debian: "
+                           "'sudo apt-get install g++'), then run tools/setup.sh again")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    os.close(fd)
+    try:
+        sources = [os.path.join(kernels.HERE, name) for name in kernels.SOURCES]
+        done = subprocess.run([compiler, *sources, "-o", tmp, *kernels.compile_flags()],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} could not build resnet/kernels:\n"
+                               f"{done.stderr[-4000:]}")
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+        # Builds of older sources: nothing loads them (a process that has one open keeps it).
+        for name in os.listdir(os.path.dirname(path)):
+            if name.startswith("kernels-") and name.endswith(".so") and \
+                    name != os.path.basename(path):
+                os.remove(os.path.join(os.path.dirname(path), name))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def main() -> int:
+    try:
+        print(build())
+    except RuntimeError as e:
+        print(f"resnet.kernels.build: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
