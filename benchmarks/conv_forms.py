@@ -96,7 +96,7 @@ def main():
                     "(--conv_forms's values), each optionally +fold, +fold_frozen, "
                     "+fold_every and +keras_sgd")
     intra, inter = use_job_threads()
-    model_lib.set_precision(a.precision)
+    model_lib.set_precision(a.precision, own_kernels=True)  # as the job trains
     config = Config(train_from=a.train_from, image_size=a.image_size, weights="none")
     model = model_lib.build(10, a.image_size, "none", 0)
     steps, data, trained = _train_steps(model, a.batch_size, config, settings)

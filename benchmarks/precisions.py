@@ -2,6 +2,7 @@
 
   .venv/bin/python -m benchmarks.precisions                       # every setting, 2 rounds
   .venv/bin/python -m benchmarks.precisions --settings=recipe96 --precisions=fp32,bf16_amp
+  .venv/bin/python -m benchmarks.precisions --precisions=bf16,bf16+tf_kernels   # --noown_kernels
 
 Each measurement is its own process (a precision is a process's: Keras's global policy, the
 graph pass, oneDNN's math mode read once), one after another, never two at once. The rounds
@@ -42,9 +43,20 @@ def _parse(text: str, known, what: str) -> list:
     return names
 
 
+# A precision's variant: train_dist.py's flags that make it (+tf_kernels: TensorFlow's own
+# kernels where the job has its own, resnet/kernels).
+VARIANTS = {"tf_kernels": ["--noown_kernels"]}
+
+
 def _extra(stage: str) -> list:
     """train_dist.py's flags on top of the harness's (which trains every stage)."""
     return [] if stage == "conv1" else [f"--train_from={stage}"]
+
+
+def _split(precision: str):
+    """'bf16+tf_kernels' -> ('bf16', ['--noown_kernels'])."""
+    base, *variants = precision.split("+")
+    return base, [flag for v in variants for flag in VARIANTS[v]]
 
 
 def run(settings, precisions, rounds: int, steps: int) -> dict:
@@ -57,7 +69,9 @@ def run(settings, precisions, rounds: int, steps: int) -> dict:
             for precision in order:
                 print(f"bench: round {r + 1}/{rounds} {name} {precision}", file=sys.stderr,
                       flush=True)
-                figure = harness.train_dist(size, precision, batch, steps, extra=_extra(stage))
+                base, flags = _split(precision)
+                figure = harness.train_dist(size, base, batch, steps,
+                                            extra=_extra(stage) + flags)
                 key = f"{name} {precision}"
                 seen = result["figures"].get(key)
                 result["figures"][key] = figure if seen is None else harness.pool(seen, figure)
@@ -75,7 +89,7 @@ def _pct(result, name, precision, figure) -> str:
     c = result.get("ceiling")
     if not c or "median" not in figure or stage not in c.get("train_flops", {}):
         return "-"  # no ceiling run, or one from before steps were counted with stages frozen
-    rate = c["ceiling"]["fp32" if precision == "fp32" else "bf16"]["conv_gflops"]
+    rate = c["ceiling"]["fp32" if _split(precision)[0] == "fp32" else "bf16"]["conv_gflops"]
     gflops = figure["median"] * c["train_flops"][stage][str(size)] / 1e9
     return f"{100 * gflops / rate:.0f}%"
 
@@ -114,7 +128,9 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "bench_out"))
     a = p.parse_args()
     settings = _parse(a.settings, SETTINGS, "settings")
-    precisions = _parse(a.precisions, [x for x in PRECISIONS if x != "auto"], "precisions")
+    known = [x for x in PRECISIONS if x != "auto"]
+    precisions = _parse(a.precisions, known + [f"{x}+{v}" for x in known for v in VARIANTS],
+                        "precisions")
     if a.rounds < 1 or a.steps < harness.WINDOW:
         raise SystemExit(f"error: --rounds={a.rounds} --steps={a.steps}: at least 1 round of "
                          f"{harness.WINDOW} steps")

@@ -83,6 +83,9 @@ class Config:
     # Fold each frozen BatchNorm into the frozen convolution before it while training (the same
     # maths, one pass fewer per frozen feature map: resnet/training/frozen.py).
     fold_batchnorm: bool = True
+    # The job's own CPU kernels where TensorFlow's are slow (resnet/kernels, built at set-up);
+    # TensorFlow's own where not built, or with False.
+    own_kernels: bool = True
     bn_momentum: float = 0.9  # with batchnorm='train': how fast the moving statistics follow
     label_smoothing: float = 0.0
     gradient_compression: str = "none"  # 'fp16': allreduce half the bytes (Horovod Compression)

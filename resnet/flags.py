@@ -105,6 +105,13 @@ def define(flag_values=flags.FLAGS) -> None:
                   "BatchNorm folded in, as the export serves. The same maths up to round-off; "
                   "weights, checkpoints and saved models are unchanged. --nofold_batchnorm: "
                   "Keras's BatchNorm layers as they are.")
+    f.DEFINE_bool("own_kernels", _D.own_kernels, "While training, run the job's own CPU "
+                  "kernels (resnet/kernels, built by tools/setup.sh for this machine) where "
+                  "TensorFlow's are slow: the 3x3 matmul form's columns and their gradient, one "
+                  "pass each; in bf16 also the trained BatchNorm fold's kernel product and "
+                  "ReluGrad, BiasAddGrad and AddN (a bias gradient summed in float32, where "
+                  "TensorFlow's sums in bfloat16). Where not built, TensorFlow's (logged). "
+                  "--noown_kernels: TensorFlow's always.")
     f.DEFINE_float("bn_momentum", _D.bn_momentum, "Moving-average momentum with "
                    "--batchnorm=train.")
     f.DEFINE_float("label_smoothing", _D.label_smoothing, "Label smoothing for the training "

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from resnet import kernels
 from resnet.runtime import topology
 from resnet.config import STAGES, check_image_size, check_weights
 from resnet.errors import UsageError
@@ -49,12 +50,16 @@ def bf16_warning(flags, precision: str = "bf16"):
             "--precision=fp32")
 
 
-def set_precision(precision: str, warn: bool = True) -> None:
+def set_precision(precision: str, warn: bool = True, own_kernels: bool = False) -> None:
     """The compute type of everything built and traced from here on (BF16_MODES above); before
     the model is built, and for bf16_fpmath before oneDNN's first primitive in this process.
-    `warn`: log bf16_warning for this CPU (rank 0 alone, as the job's other messages)."""
+    `warn`: log bf16_warning for this CPU (rank 0 alone, as the job's other messages).
+    `own_kernels` (--own_kernels, for a process that trains): the job's own kernels
+    (resnet/kernels), loaded once for the process, before the step is traced."""
     if warn and (warning := bf16_warning(topology.cpu_flags(), precision)):
         logging.warning(warning)
+    if own_kernels:
+        kernels.load()
     if precision == "bf16_fpmath":
         os.environ.setdefault(FPMATH_ENV, "BF16")
     tf.config.optimizer.set_experimental_options({AMP_OPTION: precision == "bf16_amp"})
@@ -70,6 +75,8 @@ def numerics() -> str:
         parts.append("amp-bf16")
     if os.environ.get(FPMATH_ENV, "").upper() == "BF16":
         parts.append("fpmath-bf16")
+    if kernels.loaded():  # conv_forms times forms that use them
+        parts.append("own-kernels")
     return "+".join(parts)
 
 

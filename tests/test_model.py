@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import SHARED_WEIGHTS
-from resnet import model
+from resnet import kernels, model
 from resnet.runtime import topology
 from resnet.errors import UsageError
 
@@ -64,6 +64,8 @@ def test_each_precision_sets_one_way_of_computing(monkeypatch, restored_process_
     """The policy, the graph pass and oneDNN's math mode: each mode turns on its own and turns
     off the graph pass of a mode set before it (tests and export set several in one process)."""
     monkeypatch.delenv(model.FPMATH_ENV, raising=False)
+    # As in a process that has not loaded resnet/kernels (another test here may have).
+    monkeypatch.setattr(kernels, "_library", None)
     amp = lambda: bool(tf.config.optimizer.get_experimental_options().get(model.AMP_OPTION))
     model.set_precision("bf16_amp", warn=False)
     assert (model.numerics(), amp()) == ("float32+amp-bf16", True)

@@ -1,6 +1,6 @@
 """--precision's two other bf16 modes in the real job (resnet/model.py, BF16_MODES): each shown to
 act by what TensorFlow and oneDNN themselves log, each leaving a float32 model plain Keras opens,
-and 1 and 2 ranks' evaluation identical. Their speed and accuracy against Keras's bf16 need bf16
+and 1 and 2 ranks' evaluation identical; and bf16 itself with the job's own kernels. Their speed and accuracy against Keras's bf16 need bf16
 arithmetic: benchmarks.precisions and BENCHMARKS.md, "Which bf16"."""
 
 import json
@@ -57,6 +57,31 @@ def test_bf16_fpmath_reaches_every_onednn_convolution_and_matmul(tmp_path):
         [line for line in lines if "attr-fpmath:bf16" not in line][:3]
     assert _metrics(model_dir)["flags"]["precision"] == "bf16_fpmath"
     _plain_keras_float32(model_dir)
+
+
+def test_bf16_trains_with_the_jobs_own_kernels_and_two_ranks_evaluate_as_one(tmp_path):
+    """A training run loads resnet/kernels; --noown_kernels does not.
+    conv4 at 96 px, batch 8: its 1x1 256->1024 pairs fold in the step (kernels.scale_to's op),
+    and every bfloat16 ReluGrad, BiasAddGrad and AddN of the backward runs ours."""
+    small = [f for f in SMALL if not f.startswith(("--image_size", "--train_from"))]
+    small += ["--image_size=96", "--train_from=conv4"]
+    loaded = "resnet.kernels: the 3x3 matmul form's columns, and in bfloat16 ReluGrad"
+    model_dir = tmp_path / "m"
+    proc = run_job(small + [f"--model_dir={model_dir}", "--precision=bf16"])
+    assert loaded in proc.stderr, proc.stderr[-3000:]
+    assert "trained ones fold theirs in each step" in proc.stderr
+    trained = _metrics(model_dir)
+    evals = {}
+    for ranks in (1, 2):
+        run_job(small + [f"--model_dir={model_dir}", "--eval_only"],
+                np_ranks=ranks if ranks > 1 else None)
+        evals[ranks] = _metrics(model_dir)
+    assert evals[1]["confusion_matrix"] == evals[2]["confusion_matrix"]
+    assert evals[1]["test_accuracy"] == evals[2]["test_accuracy"] == trained["test_accuracy"]
+    _plain_keras_float32(model_dir)
+    proc = run_job(small + [f"--model_dir={tmp_path / 'tf'}", "--precision=bf16",
+                            "--noown_kernels"])
+    assert loaded not in proc.stderr and "resnet.kernels" not in proc.stderr
 
 
 def _plain_keras_float32(model_dir):

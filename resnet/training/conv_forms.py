@@ -33,7 +33,7 @@ from typing import Dict, Iterator, List, Mapping, Optional
 import tensorflow as tf
 from absl import logging
 
-from resnet import fileio, model as model_lib
+from resnet import fileio, kernels, model as model_lib
 from resnet.runtime import topology
 
 # A matmul is kept only when it is this much faster than the convolution: a tie stays with
@@ -95,6 +95,8 @@ def columns(x, size: int, stride: int):
             else:  # an odd or unknown side: the strided slice
                 x = x[:, ::stride, ::stride, :]
         return x
+    if size == 3 and stride == 1 and (rows := kernels.columns3x3(x)) is not None:
+        return rows  # one pass each way (resnet/kernels/columns.cc), where loaded
     pad = size // 2
     height, width = tf.shape(x)[1], tf.shape(x)[2]
     padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])

@@ -153,7 +153,7 @@ def run(config: Config, first: runtime.World) -> dict:
     """Elastic training from `first`, the world as this process started in it."""
     import horovod.tensorflow.keras as hvd
     results.check_model_dir(config.model_dir)  # every rank on its own: no collective here
-    model_lib.set_precision(config.precision, warn=first.is_chief)
+    model_lib.set_precision(config.precision, warn=first.is_chief, own_kernels=config.own_kernels)
     data = source.load(config, first)
     train_split, test_split, class_names = data.train, data.test, data.class_names
     n = len(train_split)

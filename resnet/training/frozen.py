@@ -34,6 +34,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from resnet import kernels
+
 
 WHICH = ("frozen", "trained", "all")
 
@@ -152,7 +154,8 @@ def _trained_call(conv, bn):
             bias += _float32(bn.beta)
         dtype = conv.compute_dtype
         # convolution_op: oneDNN's convolution, or the form conv_forms.training() gave it.
-        y = conv.convolution_op(inputs, tf.cast(_float32(conv.kernel) * scale, dtype))
+        # kernels.scale_to: the product and its rounding, one op each way where built.
+        y = conv.convolution_op(inputs, kernels.scale_to(_float32(conv.kernel), scale, dtype))
         return tf.nn.bias_add(y, tf.cast(bias, dtype))
     return call
 

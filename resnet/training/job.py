@@ -73,7 +73,7 @@ def _announce(requested: Config, config: Config) -> None:
 
 
 def _train(config: Config, world, data, resume, observers=()) -> dict:
-    model_lib.set_precision(config.precision, warn=world.is_chief)
+    model_lib.set_precision(config.precision, warn=world.is_chief, own_kernels=config.own_kernels)
     train, test, class_names = data.train, data.test, data.class_names
     schedule = Schedule(config, world.size, len(train))
     logging.info("%d rank(s) x batch %d = global batch %d; %d steps/epoch; lr %.4g -> %.4g over "
