@@ -223,8 +223,17 @@ def test_the_columns_op_is_tensorflows_pad_slices_and_concat(library, dtype, mon
         library.columns3x3_grad(tf.zeros([1, 2, 2, 10], dtype))
 
 
-def test_build_finds_the_built_library_and_says_what_to_do_without_a_compiler(library, tmp_path):
+def test_build_finds_the_built_library_and_says_what_to_do_when_it_cannot(library, tmp_path):
     assert build.build() == kernels.library_path()  # built: nothing compiled
     with pytest.raises(RuntimeError, match="no no-such-compiler on PATH.*install one"):
         build.build(prefix=str(tmp_path), compiler="no-such-compiler")
     assert not os.path.exists(os.path.dirname(kernels.library_path(str(tmp_path))))
+    # A compiler that fails (`false` exits 1): said, and no library, half-written or not, left.
+    with pytest.raises(RuntimeError, match="false could not build resnet/kernels"):
+        build.build(prefix=str(tmp_path), compiler="false")
+    assert os.listdir(os.path.dirname(kernels.library_path(str(tmp_path)))) == []
+    done = subprocess.run([sys.executable, "-m", "resnet.kernels.build", f"--prefix={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "CXX": "no-such-compiler"})
+    assert done.returncode == 1 and "resnet.kernels.build: no no-such-compiler on PATH" in \
+        done.stderr, done.stderr[-2000:]

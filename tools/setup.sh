@@ -86,7 +86,7 @@ stamp="$venv/.setup-complete"
 # this script.
 want_stamp=$(cat <(echo "python $want_py") "$root/requirements.txt" "$root/requirements-nodeps.txt" \
              "$root"/third_party/horovod/*.patch "$root"/resnet/kernels/*.cc \
-             "$root"/resnet/kernels/*.py "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)
+             "$root"/resnet/kernels/*.h "$root"/resnet/kernels/*.py "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)
 
 have_py=""
 [[ -e $venv ]] && have_py=$(py_version "$venv/bin/python")
@@ -160,7 +160,7 @@ if ! horovod_ok; then
 fi
 
 # --- The job's own CPU kernels (resnet/kernels), compiled for this machine's TensorFlow -------
-# About 20 s. The job runs without them (TensorFlow's own kernels, slower in bf16), so a failed
+# About 25 s. The job runs without them (TensorFlow's own kernels, slower in bf16), so a failed
 # build is said, not fatal; tests/test_kernels.py fails on a set-up that did not build them.
 log "building resnet/kernels against TensorFlow $tf_version"
 (cd "$root" && "$vpy" -m resnet.kernels.build >/dev/null) ||

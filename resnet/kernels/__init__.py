@@ -22,7 +22,8 @@ from typing import List, Optional
 
 from absl import logging
 
-SOURCES = ("fold.cc", "backward.cc", "columns.cc")
+SOURCES = ("fold.cc", "backward.cc", "columns.cc")  # compiled; they include HEADERS
+HEADERS = ("common.h",)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -38,7 +39,7 @@ def library_path(prefix: Optional[str] = None) -> str:
     environment's prefix (a venv's own folder), so each Python's venv has its own build."""
     import tensorflow as tf
     digest = hashlib.sha256()
-    for name in SOURCES:
+    for name in SOURCES + HEADERS:
         with open(os.path.join(HERE, name), "rb") as f:
             digest.update(f.read())
     digest.update(" ".join([tf.__version__] + compile_flags()).encode())

@@ -19,49 +19,20 @@
 #include <cstring>
 #include <vector>
 
+#include "common.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/util/tensor_format.h"
-#include "tensorflow/core/util/work_sharder.h"
 
 namespace resnet_kernels {
 namespace {
 
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-namespace errors = ::tensorflow::errors;
-using bf16 = ::tensorflow::bfloat16;
-
-constexpr int kPriority = 1;         // above TensorFlow's own kernels (priority 0)
-constexpr int64_t kBlockRows = 256;  // rows per partial sum of the bias gradient
-
-inline uint16_t Round(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
-  return nan ? static_cast<uint16_t>(0x7fc0u) : static_cast<uint16_t>(rounded);  // as Eigen's
-}
-
-inline float Widen(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
+constexpr int kPriority = 1;  // above TensorFlow's own kernels (priority 0)
 
 inline const uint16_t* Bits(const Tensor& t) {
   return reinterpret_cast<const uint16_t*>(t.flat<bf16>().data());
 }
 inline uint16_t* Bits(Tensor* t) { return reinterpret_cast<uint16_t*>(t->flat<bf16>().data()); }
-
-template <typename F>
-void Parallel(OpKernelContext* ctx, int64_t units, int64_t cost, F&& f) {
-  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  ::tensorflow::Shard(pool->NumThreads(), pool, units, cost, f);
-}
 
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void ReluGradSpan(const uint16_t* g, const uint16_t* f, uint16_t* out, int64_t n) {
@@ -180,18 +151,10 @@ class BiasAddGradOp : public OpKernel {
     std::vector<float> total(c, 0.0f);
     if (c == 0) return;
     if (!nchw) {
-      const int64_t rows = x.NumElements() / c;
-      const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
-      std::vector<float> partial(blocks * c, 0.0f);
-      Parallel(ctx, blocks, 2 * c * kBlockRows, [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) {
-          const int64_t first = b * kBlockRows, n = std::min(kBlockRows, rows - first);
-          SumRows(xp + first * c, partial.data() + b * c, n, c);
-        }
-      });
-      for (int64_t b = 0; b < blocks; ++b) {
-        for (int64_t j = 0; j < c; ++j) total[j] += partial[b * c + j];
-      }
+      BlockedColumnSum(ctx, x.NumElements() / c, c, 2 * c,
+                       [&](int64_t first, int64_t n, float* partial) {
+        SumRows(xp + first * c, partial, n, c);
+      }, total.data());
     } else {  // [N, C, spatial...]: one partial per (n, c), the images added in order
       const int64_t batch = x.dim_size(0), inner = x.NumElements() / (batch * c);
       std::vector<float> partial(batch * c, 0.0f);

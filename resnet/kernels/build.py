@@ -1,11 +1,13 @@
-"""Build the job's kernels for this environment: `python -m resnet.kernels.build` (tools/setup.sh
-runs it). Prints the library's path; a second run finds it and compiles nothing.
+"""Build the job's kernels for this environment: `python -m resnet.kernels.build [--prefix=DIR]`
+(tools/setup.sh runs it; DIR: another environment's prefix than this Python's). Prints the
+library's path; a second run finds it and compiles nothing. The compiler: $CXX, else g++.
 
-Compiled with g++ against the installed TensorFlow's headers and library (about 10 s). Written
+Compiled with g++ against the installed TensorFlow's headers and library (about 25 s on 2 cores). Written
 to a temporary name and renamed, so that a process loading it never sees half a file. Exit 1,
 with what to do, when there is no compiler or the compile fails.
 """
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -16,9 +18,10 @@ import resnet  # noqa: F401  (the job's environment before TensorFlow loads)
 from resnet import kernels
 
 
-def build(prefix=None, compiler: str = "g++") -> str:
+def build(prefix=None, compiler: str = "") -> str:
     """The library's path, compiled first if it is not there."""
     path = kernels.library_path(prefix)
+    compiler = compiler or os.environ.get("CXX") or "g++"
     if os.path.exists(path):
         return path
     if shutil.which(compiler) is None:
@@ -47,9 +50,13 @@ def build(prefix=None, compiler: str = "g++") -> str:
     return path
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m resnet.kernels.build",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--prefix", default=None, help="the environment's prefix (default: this one)")
+    a = p.parse_args(argv)
     try:
-        print(build())
+        print(build(a.prefix))
     except RuntimeError as e:
         print(f"resnet.kernels.build: {e}", file=sys.stderr)
         return 1

@@ -18,36 +18,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "common.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
-#include "tensorflow/core/util/work_sharder.h"
 
 namespace resnet_kernels {
 namespace {
-
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
-namespace errors = ::tensorflow::errors;
-using bf16 = ::tensorflow::bfloat16;
-
-inline uint16_t Round(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
-  return nan ? static_cast<uint16_t>(0x7fc0u) : static_cast<uint16_t>(rounded);
-}
-
-inline float Widen(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
 
 // acc = round(acc + x), elementwise: bfloat16 (kept widened in acc) and float32.
 __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -93,9 +70,7 @@ class Columns3x3Op : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({n, h, w, 9 * c}), &out));
     const T* xp = x.flat<T>().data();
     T* op = out->flat<T>().data();
-    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    ::tensorflow::Shard(pool->NumThreads(), pool, n * h, 18 * w * c * sizeof(T),
-                        [&](int64_t begin, int64_t end) {
+    Parallel(ctx, n * h, 18 * w * c * sizeof(T), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / h, y = row % h;
         for (int64_t x0 = 0; x0 < w; ++x0) {
@@ -133,9 +108,7 @@ class Columns3x3GradOp : public OpKernel {
     using B = Bits<T>;
     const B* dp = reinterpret_cast<const B*>(d.flat<T>().data());
     B* op = reinterpret_cast<B*>(out->flat<T>().data());
-    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    ::tensorflow::Shard(pool->NumThreads(), pool, n * h, 30 * w * c * sizeof(T),
-                        [&](int64_t begin, int64_t end) {
+    Parallel(ctx, n * h, 30 * w * c * sizeof(T), [&](int64_t begin, int64_t end) {
       std::vector<float> acc(c);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / h, y = row % h;

@@ -14,48 +14,22 @@
 // TensorFlow's. The scale's gradient sums fixed blocks of rows and then adds the blocks in order:
 // the same bits whatever the thread count, within float32 rounding of TensorFlow's own sum.
 
-#include <algorithm>
 #include <cstdint>
-#include <cstring>
-#include <vector>
 
+#include "common.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
-#include "tensorflow/core/util/work_sharder.h"
 
 namespace resnet_kernels {
 namespace {
-
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
-using ::tensorflow::Tensor;
-namespace errors = ::tensorflow::errors;
-
-constexpr int64_t kBlockRows = 256;  // rows per partial sum of the scale's gradient
-
-inline uint16_t ToBfloat16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
-  return nan ? static_cast<uint16_t>(0x7fc0u) : static_cast<uint16_t>(rounded);
-}
-
-inline float FromBfloat16(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
 
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void ScaleRows(const float* kernel, const float* scale, uint16_t* out, int64_t rows, int64_t c) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* k = kernel + r * c;
     uint16_t* o = out + r * c;
-    for (int64_t j = 0; j < c; ++j) o[j] = ToBfloat16(k[j] * scale[j]);
+    for (int64_t j = 0; j < c; ++j) o[j] = Round(k[j] * scale[j]);
   }
 }
 
@@ -67,7 +41,7 @@ void GradRows(const uint16_t* grad, const float* kernel, const float* scale, flo
     const float* k = kernel + r * c;
     float* d = d_kernel + r * c;
     for (int64_t j = 0; j < c; ++j) {
-      const float x = FromBfloat16(g[j]);
+      const float x = Widen(g[j]);
       d[j] = x * scale[j];
       d_scale[j] += x * k[j];
     }
@@ -102,8 +76,7 @@ class ScaleToBfloat16Op : public OpKernel {
     const float* k = kernel.flat<float>().data();
     const float* s = scale.flat<float>().data();
     auto* o = reinterpret_cast<uint16_t*>(out->flat<::tensorflow::bfloat16>().data());
-    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    ::tensorflow::Shard(pool->NumThreads(), pool, rows, 6 * c, [&](int64_t begin, int64_t end) {
+    Parallel(ctx, rows, 6 * c, [&](int64_t begin, int64_t end) {
       ScaleRows(k + begin * c, s, o + begin * c, end - begin, c);
     });
   }
@@ -127,25 +100,13 @@ class ScaleToBfloat16GradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, kernel.shape(), &d_kernel));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, scale.shape(), &d_scale));
     const int64_t c = scale.NumElements();
-    const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
-    std::vector<float> partial(blocks * c, 0.0f);
     const auto* g = reinterpret_cast<const uint16_t*>(grad.flat<::tensorflow::bfloat16>().data());
     const float* k = kernel.flat<float>().data();
     const float* s = scale.flat<float>().data();
     float* dk = d_kernel->flat<float>().data();
-    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    ::tensorflow::Shard(pool->NumThreads(), pool, blocks, 10 * c * kBlockRows,
-                        [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t first = b * kBlockRows, n = std::min(kBlockRows, rows - first);
-        GradRows(g + first * c, k + first * c, s, dk + first * c, partial.data() + b * c, n, c);
-      }
-    });
-    float* ds = d_scale->flat<float>().data();
-    std::fill(ds, ds + c, 0.0f);
-    for (int64_t b = 0; b < blocks; ++b) {
-      for (int64_t j = 0; j < c; ++j) ds[j] += partial[b * c + j];
-    }
+    BlockedColumnSum(ctx, rows, c, 10 * c, [&](int64_t first, int64_t n, float* partial) {
+      GradRows(g + first * c, k + first * c, s, dk + first * c, partial, n, c);
+    }, d_scale->flat<float>().data());
   }
 };
 
