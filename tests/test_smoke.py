@@ -4,6 +4,7 @@ then --eval_only of its checkpoint. Seconds, where every other end-to-end check 
 import json
 import os
 
+import numpy as np
 
 from resnet.config import Config, resolve_precision
 from resnet.training import job
@@ -34,6 +35,15 @@ def test_one_tiny_epoch_then_eval_only(tmp_path, restored_process_state):
     assert again["test_accuracy"] == metrics["test_accuracy"]
     assert again["confusion_matrix"] == metrics["confusion_matrix"]
     assert again["test_loss"] == metrics["test_loss"]
+    # The same training command again, on a model_dir trained to --epochs: nothing to train,
+    # and what it scores and saves is the checkpoint's model, not the one it built (a repeated
+    # command or a requeue after the end must not overwrite model.keras with an untrained one).
+    trained = _weights(tmp_path / "model.keras")
+    rerun = job.run(config)
+    assert rerun["mode"] == "train" and rerun["history"] == metrics["history"]
+    assert rerun["confusion_matrix"] == metrics["confusion_matrix"]
+    assert rerun["test_loss"] == metrics["test_loss"]
+    assert all(np.array_equal(a, b) for a, b in zip(_weights(tmp_path / "model.keras"), trained))
     # Asked for by name, the other precision is used: the model it built computes in it.
     named = job.run(Config(**{**config.to_dict(), "eval_only": True,
                               "precision": resolve_precision("auto")}))
@@ -41,3 +51,16 @@ def test_one_tiny_epoch_then_eval_only(tmp_path, restored_process_state):
     import tensorflow as tf
     assert tf.keras.mixed_precision.global_policy().name == (
         "mixed_bfloat16" if named["precision"] == "bf16" else "float32")
+
+
+def _weights(path):
+    """Every array in a .keras file (a zip holding model.weights.h5), in the file's order."""
+    import io
+    import zipfile
+
+    import h5py
+    with zipfile.ZipFile(path) as z, h5py.File(io.BytesIO(z.read("model.weights.h5")), "r") as f:
+        out = []
+        f.visititems(lambda name, d: out.append(d[()]) if isinstance(d, h5py.Dataset) else None)
+    assert out, path
+    return out

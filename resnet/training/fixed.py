@@ -89,9 +89,20 @@ class Trainer:
                     train_logs = self.fit_epoch(epoch)
                     self.end_epoch(epoch, train_logs)
                 self.progress.epoch = end
+            if resume:  # every phase was done: what the job scores and saves is the checkpoint's
+                self.restore_weights(resume)
         finally:
             self.watchdog.stop()
         return self
+
+    def restore_weights(self, resume: str) -> None:
+        """The weights of checkpoint `resume` on every rank, without a phase to train: a run of a
+        model_dir already trained to --epochs (a repeated command, a requeue after the end)
+        evaluates and saves the trained model, not the one it was built with."""
+        self.model = self.view(max(self.progress.epoch - 1, 0))
+        if self.world.is_chief:
+            checkpoints.restore(resume, trackables(self.model))
+        broadcast(self.model)
 
     def start_phase(self, phase: str, first: int, resume: Optional[str], state) -> None:
         """Compile the phase's optimizer, restore the checkpoint (rank 0), broadcast."""
