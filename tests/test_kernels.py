@@ -138,6 +138,55 @@ def test_relugrad_and_addn_are_tensorflows_own_bit_for_bit(library, tmp_path):
                       tf.bfloat16)))
 
 
+_THEIRS_UPDATE = """
+import sys, numpy as np, resnet, tensorflow as tf
+rng = np.random.default_rng(int(sys.argv[2]))
+out = {}
+for nesterov in (False, True):
+    v, m = (tf.Variable(rng.standard_normal(30011).astype(np.float32)) for _ in range(2))
+    out[f"v0_{nesterov}"], out[f"m0_{nesterov}"] = v.numpy(), m.numpy()
+    for k in range(3):
+        g = rng.standard_normal(30011).astype(np.float32)
+        out[f"g{k}_{nesterov}"] = g
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=v.handle, accum=m.handle, lr=np.float32(0.0123), grad=g,
+            momentum=np.float32(0.9), use_locking=False, use_nesterov=nesterov)
+    out[f"v_{nesterov}"], out[f"m_{nesterov}"] = v.numpy(), m.numpy()
+np.savez(sys.argv[1], **{k: np.asarray(v) for k, v in out.items()})
+"""
+
+
+def test_the_momentum_update_is_tensorflows_own_bit_for_bit(library, tmp_path):
+    """ResourceApplyKerasMomentum (plain and Nesterov, three steps) against TensorFlow's kernel in
+    a process that never loads ours."""
+    path = tmp_path / "theirs.npz"
+    subprocess.run([sys.executable, "-c", _THEIRS_UPDATE, str(path), "11"], cwd=ROOT,
+                   check=True, capture_output=True)
+    theirs = np.load(path)
+    for nesterov in (False, True):
+        v, m = (tf.Variable(theirs[f"{n}0_{nesterov}"]) for n in "vm")
+        for k in range(3):
+            tf.raw_ops.ResourceApplyKerasMomentum(
+                var=v.handle, accum=m.handle, lr=np.float32(0.0123),
+                grad=theirs[f"g{k}_{nesterov}"], momentum=np.float32(0.9), use_locking=False,
+                use_nesterov=nesterov)
+        np.testing.assert_array_equal(v.numpy(), theirs[f"v_{nesterov}"])
+        np.testing.assert_array_equal(m.numpy(), theirs[f"m_{nesterov}"])
+
+
+def test_the_momentum_update_leaves_a_read_it_overtakes_and_refuses_bad_shapes(library):
+    v, m = tf.Variable(tf.ones([1000])), tf.Variable(tf.zeros([1000]))
+    held = v.read_value()  # shares the variable's buffer: the update must copy first
+    tf.raw_ops.ResourceApplyKerasMomentum(var=v.handle, accum=m.handle, lr=np.float32(1.0),
+                                          grad=tf.ones([1000]), momentum=np.float32(0.9),
+                                          use_locking=False, use_nesterov=False)
+    assert held.numpy().min() == held.numpy().max() == 1.0
+    assert v.numpy().min() == v.numpy().max() == 0.0
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must have the same shape"):
+        tf.raw_ops.ResourceApplyKerasMomentum(var=v.handle, accum=m.handle, lr=np.float32(1.0),
+                                              grad=tf.ones([999]), momentum=np.float32(0.9))
+
+
 @pytest.mark.parametrize("shape,data_format", [((16, 28, 28, 64), "NHWC"), ((4, 9, 257), "NHWC"),
                                                 ((4, 64, 28, 28), "NCHW"), ((3, 5, 2), "NCHW")])
 def test_the_bias_gradient_is_the_exact_sum_correctly_rounded(library, shape, data_format):

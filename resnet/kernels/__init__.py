@@ -5,8 +5,8 @@ Where a step's time outside oneDNN is TensorFlow's stock element-wise kernels (B
 of ours does the passes those kernels make over the same data in one, compiled with the CPU's
 vector instructions: the 3x3 matmul form's columns (im2col) and their gradient (columns.cc);
 the trained fold's kernel times its scale, rounded to bfloat16, and its gradient (fold.cc), both
-ops of our own; bfloat16 ReluGrad, BiasAddGrad and AddN (backward.cc, kernels registered for
-TensorFlow's op types above TensorFlow's own).
+ops of our own; bfloat16 ReluGrad, BiasAddGrad and AddN (backward.cc), and float32's momentum
+update (update.cc): kernels registered for TensorFlow's op types above TensorFlow's own.
 
 tools/setup.sh builds them (`python -m resnet.kernels.build`) into the environment, one library
 per source, TensorFlow and compiler flags (library_path()); a training process loads it (load()).
@@ -22,7 +22,7 @@ from typing import List, Optional
 
 from absl import logging
 
-SOURCES = ("fold.cc", "backward.cc", "columns.cc")  # compiled; they include HEADERS
+SOURCES = ("fold.cc", "backward.cc", "columns.cc", "update.cc")  # compiled; they include HEADERS
 HEADERS = ("common.h",)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -30,7 +30,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def compile_flags() -> List[str]:
     """g++'s flags for this TensorFlow (its headers, ABI and library), and ours."""
     import tensorflow as tf
-    return (["-shared", "-fPIC", "-O3", "-Wno-deprecated-declarations"]
+    # -ffp-contract=off: no fused multiply-add, so each product rounds as TensorFlow's do
+    # (update.cc's momentum update is bit-identical to TensorFlow's for it).
+    return (["-shared", "-fPIC", "-O3", "-ffp-contract=off", "-Wno-deprecated-declarations"]
             + tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags())
 
 
@@ -52,7 +54,8 @@ _library = None  # the loaded ops, once load() found them
 
 def load():
     """Load the library built for this environment, once: from here on its kernels run every
-    bfloat16 ReluGrad, BiasAddGrad and AddN in this process (backward.cc), and columns3x3() and
+    bfloat16 ReluGrad, BiasAddGrad and AddN and float32 momentum update in this process
+    (backward.cc, update.cc), and columns3x3() and
     scale_to() use its ops. Returns it, or None (logged) when it was not built. Before the
     training step is traced: resnet.model.set_precision(own_kernels=True) calls it."""
     global _library
@@ -76,8 +79,8 @@ def load():
 
     _library = library
     logging.info("resnet.kernels: the 3x3 matmul form's columns, and in bfloat16 ReluGrad, "
-                 "BiasAddGrad, AddN and the trained fold's product, run the job's kernels (%s)",
-                 path)
+                 "BiasAddGrad, AddN and the trained fold's product, and the momentum update, run "
+                 "the job's kernels (%s)", path)
     return _library
 
 

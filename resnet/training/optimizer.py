@@ -11,8 +11,10 @@ class SGD(tf.keras.optimizers.SGD):
     """Keras's SGD, its dense momentum update as one kernel per variable. Keras writes it as
     `m = -g * lr + m * momentum; v += m`: five element-wise ops, each a pass over every trained
     weight (the Neg and Mul of the step profile, BENCHMARKS.md). ResourceApplyKerasMomentum is
-    the same maths (`m = m * momentum - g * lr; v += m`) in one pass. Same slots, so the same
-    checkpoints; sparse or Nesterov updates, or no momentum, stay Keras's."""
+    the same maths (`m = m * momentum - g * lr; v += m`), and where resnet/kernels is loaded,
+    its kernel for that op makes one pass over the three arrays (update.cc; TensorFlow's makes
+    two), bit for bit. Same slots, so the same checkpoints; sparse or Nesterov updates, or no
+    momentum, stay Keras's."""
 
     def update_step(self, gradient, variable):
         if isinstance(gradient, tf.IndexedSlices) or self.nesterov or not self.momentum:
