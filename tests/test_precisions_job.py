@@ -26,21 +26,21 @@ def test_bf16_amp_rewrites_the_traced_graph_and_two_ranks_evaluate_as_one(tmp_pa
     model_dir = tmp_path / "m"
     # TensorFlow's own INFO line from the pass, on every graph it rewrote.
     env = job_env(TF_CPP_MIN_LOG_LEVEL="0")
-    proc = run_job(SMALL + [f"--model_dir={model_dir}", "--precision=bf16_amp"], env=env)
+    proc = run_job(SMALL + [f"--model_dir={model_dir}", "--precision=bf16_amp"], np_ranks=2,
+                   env=env)
     converted = [int(n) for n in re.findall(r"Converted (\d+)/\d+ nodes to bfloat16",
                                             proc.stderr)]
     assert converted and max(converted) > 50, proc.stderr[-4000:]  # the step's convolutions
-    trained = _metrics(model_dir)
-    assert trained["flags"]["precision"] == "bf16_amp"
-    evals = {}
-    for ranks in (1, 2):  # auto: the checkpoint's precision, the pass on again
-        proc = run_job(SMALL + [f"--model_dir={model_dir}", "--eval_only"],
-                       np_ranks=ranks if ranks > 1 else None, env=env)
-        assert re.search(r"Converted \d+/\d+ nodes to bfloat16", proc.stderr), proc.stderr[-3000:]
-        evals[ranks] = _metrics(model_dir)
-    assert evals[1]["confusion_matrix"] == evals[2]["confusion_matrix"]
-    assert evals[1]["test_accuracy"] == evals[2]["test_accuracy"] == trained["test_accuracy"]
-    assert evals[1]["test_loss"] == pytest.approx(evals[2]["test_loss"], rel=1e-5)
+    trained = _metrics(model_dir)  # scored by the 2 ranks that trained it
+    assert trained["flags"]["precision"] == "bf16_amp" and trained["world_size"] == 2
+    # auto: the checkpoint's precision, the pass on again, in one process.
+    proc = run_job(SMALL + [f"--model_dir={model_dir}", "--eval_only"], env=env)
+    assert re.search(r"Converted \d+/\d+ nodes to bfloat16", proc.stderr), proc.stderr[-3000:]
+    one = _metrics(model_dir)
+    assert one["world_size"] == 1
+    assert one["confusion_matrix"] == trained["confusion_matrix"]
+    assert one["test_accuracy"] == trained["test_accuracy"]
+    assert one["test_loss"] == pytest.approx(trained["test_loss"], rel=1e-5)
     _plain_keras_float32(model_dir)
 
 
@@ -60,28 +60,26 @@ def test_bf16_fpmath_reaches_every_onednn_convolution_and_matmul(tmp_path):
 
 
 def test_bf16_trains_with_the_jobs_own_kernels_and_two_ranks_evaluate_as_one(tmp_path):
-    """A training run loads resnet/kernels; --noown_kernels does not.
+    """A training run (2 ranks) loads resnet/kernels; --noown_kernels does not, and its 1 rank
+    scores the same checkpoint as the 2 ranks did (a run of a finished model_dir evaluates).
     conv4 at 96 px, batch 8: its 1x1 256->1024 pairs fold in the step (kernels.scale_to's op),
     and every bfloat16 ReluGrad, BiasAddGrad and AddN of the backward runs ours."""
     small = [f for f in SMALL if not f.startswith(("--image_size", "--train_from"))]
-    small += ["--image_size=96", "--train_from=conv4"]
+    small += ["--image_size=96", "--train_from=conv4", f"--model_dir={tmp_path / 'm'}",
+              "--precision=bf16"]
     loaded = "resnet.kernels: the 3x3 matmul form's columns, and in bfloat16 ReluGrad"
-    model_dir = tmp_path / "m"
-    proc = run_job(small + [f"--model_dir={model_dir}", "--precision=bf16"])
+    proc = run_job(small, np_ranks=2)
     assert loaded in proc.stderr, proc.stderr[-3000:]
     assert "trained ones fold theirs in each step" in proc.stderr
-    trained = _metrics(model_dir)
-    evals = {}
-    for ranks in (1, 2):
-        run_job(small + [f"--model_dir={model_dir}", "--eval_only"],
-                np_ranks=ranks if ranks > 1 else None)
-        evals[ranks] = _metrics(model_dir)
-    assert evals[1]["confusion_matrix"] == evals[2]["confusion_matrix"]
-    assert evals[1]["test_accuracy"] == evals[2]["test_accuracy"] == trained["test_accuracy"]
-    _plain_keras_float32(model_dir)
-    proc = run_job(small + [f"--model_dir={tmp_path / 'tf'}", "--precision=bf16",
-                            "--noown_kernels"])
+    trained = _metrics(tmp_path / "m")
+    assert trained["world_size"] == 2
+    proc = run_job(small + ["--noown_kernels"])
     assert loaded not in proc.stderr and "resnet.kernels" not in proc.stderr
+    again = _metrics(tmp_path / "m")
+    assert again["world_size"] == 1
+    assert again["confusion_matrix"] == trained["confusion_matrix"]
+    assert again["test_accuracy"] == trained["test_accuracy"]
+    _plain_keras_float32(tmp_path / "m")
 
 
 def _plain_keras_float32(model_dir):
