@@ -185,6 +185,10 @@ def test_the_momentum_update_leaves_a_read_it_overtakes_and_refuses_bad_shapes(l
     with pytest.raises(tf.errors.InvalidArgumentError, match="must have the same shape"):
         tf.raw_ops.ResourceApplyKerasMomentum(var=v.handle, accum=m.handle, lr=np.float32(1.0),
                                               grad=tf.ones([999]), momentum=np.float32(0.9))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="lr and momentum must be scalars"):
+        tf.raw_ops.ResourceApplyKerasMomentum(var=v.handle, accum=m.handle, lr=tf.ones([2]),
+                                              grad=tf.ones([1000]), momentum=np.float32(0.9))
+    assert v.numpy().min() == v.numpy().max() == 0.0  # refused: nothing written
 
 
 @pytest.mark.parametrize("shape,data_format", [((16, 28, 28, 64), "NHWC"), ((4, 9, 257), "NHWC"),

@@ -55,9 +55,9 @@ _library = None  # the loaded ops, once load() found them
 def load():
     """Load the library built for this environment, once: from here on its kernels run every
     bfloat16 ReluGrad, BiasAddGrad and AddN and float32 momentum update in this process
-    (backward.cc, update.cc), and columns3x3() and
-    scale_to() use its ops. Returns it, or None (logged) when it was not built. Before the
-    training step is traced: resnet.model.set_precision(own_kernels=True) calls it."""
+    (backward.cc, update.cc), and columns3x3() and scale_to() use its ops. Returns it, or None
+    (logged) when it was not built. Before the training step is traced:
+    resnet.model.set_precision(own_kernels=True) calls it."""
     global _library
     if _library is not None:
         return _library

@@ -56,7 +56,11 @@ def _compile(compiler: str, objects: str, out: str) -> None:
         jobs.append((obj, subprocess.Popen(
             [compiler, "-c", os.path.join(kernels.HERE, name), "-o", obj, *flags],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
-    failed = [err for _, proc in jobs for err in [proc.communicate()[1]] if proc.returncode]
+    failed = []
+    for _, proc in jobs:  # every compiler waited for, the first failure reported
+        err = proc.communicate()[1]
+        if proc.returncode:
+            failed.append(err)
     if not failed:
         done = subprocess.run([compiler, *(obj for obj, _ in jobs), "-o", out, *flags],
                               capture_output=True, text=True)

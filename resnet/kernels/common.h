@@ -42,14 +42,8 @@ inline float Widen(uint16_t h) {
 // f(begin, end) over [0, units) on the op's CPU threads; `cost`: per unit, as Shard wants it.
 template <typename F>
 void Parallel(OpKernelContext* ctx, int64_t units, int64_t cost, F&& f) {
-  // A device without a pool (not TensorFlow's CPU devices; a kernel registered over one of its
-  // ops may also run where a graph is constant-folded): on this thread.
-  const auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
-  if (threads == nullptr || threads->workers == nullptr) {
-    if (units > 0) f(0, units);
-    return;
-  }
-  ::tensorflow::Shard(threads->workers->NumThreads(), threads->workers, units, cost, f);
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  ::tensorflow::Shard(pool->NumThreads(), pool, units, cost, f);
 }
 
 // total[c] = the sum over `rows` rows, each block of kBlockRows rows summed on its own by

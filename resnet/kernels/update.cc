@@ -16,7 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <vector>
+#include <memory>
 
 #include "common.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -56,9 +56,6 @@ class KerasMomentumOp : public OpKernel {
     std::unique_ptr<::tsl::mutex_lock> lock_second;
     if (second != first) lock_second = std::make_unique<::tsl::mutex_lock>(*second);
 
-    OP_REQUIRES(ctx, var->tensor()->IsInitialized() && accum->tensor()->IsInitialized(),
-                errors::FailedPrecondition("ResourceApplyKerasMomentum: a variable is not "
-                                           "initialized"));
     OP_REQUIRES_OK(ctx, Writable(ctx, var.get()));
     OP_REQUIRES_OK(ctx, Writable(ctx, accum.get()));
     Tensor* v = var->tensor();
